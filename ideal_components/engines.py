@@ -1,0 +1,545 @@
+"""IDEAL's two training stages as MONAI :class:`~monai.engines.SupervisedTrainer` subclasses.
+
+- :class:`ContrastivePretrainTrainer`: dense local (or global) contrastive pre-training of a
+  :class:`~ideal_components.networks.DenseContrastiveNet` on two views of each image.
+- :class:`CrossPseudoLabelTrainer`: cross-pseudo-label fine-tuning of a
+  :class:`~ideal_components.networks.TwoBranchFlexibleUNet` on batches that mix labelled and unlabelled slices.
+
+Only ``_iteration`` differs from SupervisedTrainer: the ignite events (``IterationEvents.FORWARD_COMPLETED``,
+``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``, ``MODEL_COMPLETED``), ``engine.state.output`` (a dict with
+``"image"``, ``"loss"`` as a tensor, ...; set before ``MODEL_COMPLETED``), AMP and gradient accumulation follow
+SupervisedTrainer, so MONAI / ignite handlers (StatsHandler, TensorBoardStatsHandler, CheckpointSaver,
+ValidationHandler, LrScheduleHandler, EarlyStopHandler, ...) work unchanged. AMP uses ``torch.autocast`` on the
+engine's device type (bfloat16 by default on CPU) and a ``GradScaler`` on CUDA only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.engines.workflow import Workflow
+from monai.inferers import Inferer
+from monai.transforms import Transform
+from monai.utils import IgniteInfo, min_version, optional_import
+from monai.utils.enums import CommonKeys as Keys
+from torch.optim.optimizer import Optimizer
+from torch.utils.data import DataLoader
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine, EventEnum, Events
+    from ignite.metrics import Metric
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+    Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+    Metric, _ = optional_import("ignite.metrics", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Metric")
+    EventEnum, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "EventEnum")
+
+__all__ = ["ContrastivePretrainTrainer", "CrossPseudoLabelTrainer", "unwrap_network", "default_forward_both"]
+
+
+def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
+    """The bare module of a ``DistributedDataParallel`` / ``DataParallel`` wrapped network (``.module``)."""
+    while isinstance(getattr(network, "module", None), torch.nn.Module):
+        network = network.module  # type: ignore[assignment]
+    return network
+
+
+def _accepts_kwarg(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def default_forward_both(network: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both branches' logits of a two-branch network, in a way that keeps DDP's gradient synchronisation.
+
+    - If the bare network's ``forward`` accepts ``branch``: ``network(inputs, branch="both")`` (through the wrapper,
+      so ``DistributedDataParallel`` sees the forward and all-reduces the gradients of both branches).
+    - Else, for an unwrapped network with ``forward_both``: ``network.forward_both(inputs)``.
+    - Else (a wrapped network without ``forward(x, branch=...)``): ``ValueError``, since calling
+      ``network.module.forward_both`` would bypass DDP's gradient synchronisation.
+
+    Args:
+        network: the (possibly DDP-wrapped) two-branch network.
+        inputs: ``(B, C, *spatial)``.
+
+    Returns:
+        ``(logits_a, logits_b)``.
+
+    Example:
+        >>> logits_a, logits_b = default_forward_both(TwoBranchFlexibleUNet(backbone="resnet10"), x)
+    """
+    bare = unwrap_network(network)
+    if _accepts_kwarg(bare.forward, "branch"):
+        out = network(inputs, branch="both")
+    elif bare is network and callable(getattr(network, "forward_both", None)):
+        out = network.forward_both(inputs)  # type: ignore[operator]
+    elif callable(getattr(bare, "forward_both", None)):
+        raise ValueError(
+            f"{type(bare).__name__} is wrapped ({type(network).__name__}) and its forward has no `branch` argument: "
+            "calling `.module.forward_both` would bypass the wrapper's gradient synchronisation. Give the network "
+            "`forward(x, branch='both')` or pass `forward_both_fn` to the trainer."
+        )
+    else:
+        raise ValueError(
+            f"{type(bare).__name__} has neither `forward(x, branch='both')` nor `forward_both(x)`; "
+            "CrossPseudoLabelTrainer needs both branches' logits (or pass `forward_both_fn`)."
+        )
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise ValueError(f"the two-branch forward must return (logits_a, logits_b), got {type(out).__name__}.")
+    return out[0], out[1]
+
+
+class _TwoStageTrainerBase(SupervisedTrainer):
+    """Shared machinery: AMP on any device, gradient-accumulation flags, batch-sampler epochs, loss parts."""
+
+    def _init_common(self, train_data_loader: Any) -> None:
+        # MONAI's Workflow only sets the epoch of a DistributedSampler used as `sampler`; do it for batch samplers too
+        batch_sampler = (
+            getattr(train_data_loader, "batch_sampler", None) if isinstance(train_data_loader, DataLoader) else None
+        )
+        if batch_sampler is not None and callable(getattr(batch_sampler, "set_epoch", None)):
+
+            def _set_batch_sampler_epoch(engine: Engine) -> None:
+                batch_sampler.set_epoch(engine.state.epoch)
+
+            self.add_event_handler(Events.EPOCH_STARTED, _set_batch_sampler_epoch)
+
+    def run(self) -> None:  # type: ignore[override]
+        """Run training; with ``amp`` a ``GradScaler`` is used on CUDA devices only (bfloat16 needs none)."""
+        device = self.state.device
+        device_type = device.type if isinstance(device, torch.device) else "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and device_type == "cuda" else None
+        Workflow.run(self)
+
+    def _autocast(self, engine: Any) -> Any:
+        device = engine.state.device
+        device_type = device.type if isinstance(device, torch.device) else "cuda"
+        return torch.autocast(device_type, **engine.amp_kwargs) if engine.amp else _NullContext()
+
+    @staticmethod
+    def _accumulation_flags(engine: Any) -> tuple[bool, bool]:
+        acc = engine.accumulation_steps
+        if acc <= 1:
+            return True, True
+        epoch_length = engine.state.epoch_length
+        if epoch_length is not None:
+            local_iter = (engine.state.iteration - 1) % epoch_length
+            return local_iter % acc == 0, (local_iter + 1) % acc == 0 or (local_iter + 1) == epoch_length
+        local_iter = engine.state.iteration - 1
+        return local_iter % acc == 0, (local_iter + 1) % acc == 0
+
+    def _backward_and_step(self, engine: Any, should_step: bool) -> bool:
+        """Backward of ``output[LOSS]`` (scaled for accumulation / AMP), fire BACKWARD_COMPLETED, maybe step."""
+        loss = engine.state.output[Keys.LOSS]
+        acc = engine.accumulation_steps
+        loss = loss / acc if acc > 1 else loss
+        scaler = engine.scaler if engine.amp else None
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        if should_step:
+            if scaler is not None:
+                scaler.step(engine.optimizer)
+                scaler.update()
+            else:
+                engine.optimizer.step()
+        return should_step
+
+    @staticmethod
+    def _split_loss(result: Any, output: dict) -> torch.Tensor:
+        """Put a loss (a tensor, or a dict with ``"loss"`` and parts) into ``output``; return the total loss."""
+        if isinstance(result, Mapping):
+            if "loss" not in result:
+                raise ValueError(f"a loss returning a dict must have a 'loss' entry, got keys {sorted(result)}.")
+            for k, v in result.items():
+                if k != "loss":
+                    output[k if str(k).startswith("loss") else f"loss_{k}"] = v
+            result = result["loss"]
+        if not isinstance(result, torch.Tensor):
+            raise ValueError(f"the loss function must return a tensor (or a dict of tensors), got {type(result)}.")
+        return result.mean()
+
+    @staticmethod
+    def _detach_losses(output: dict) -> None:
+        for k, v in list(output.items()):
+            if str(k).startswith(Keys.LOSS) and isinstance(v, torch.Tensor):
+                output[k] = v.detach()
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+
+class ContrastivePretrainTrainer(_TwoStageTrainerBase):
+    """Contrastive pre-training on two views of each image, with an optional momentum key encoder.
+
+    One iteration: ``x1, x2 = batch[view_keys[0]], batch[view_keys[1]]``; ``q = network(x1)`` (queries, with
+    gradient); ``k = network.forward_key(x2)`` (keys, no gradient; on the bare module under DDP); ``loss =
+    loss_function(q, k)``; backward; optimizer step; then, if the network has ``momentum > 0``,
+    ``network.momentum_update()`` (EMA of the key encoder, after the step).
+
+    ``engine.state.output``: ``{"image": x1, "image_view2": x2, "pred": q, "loss": loss}`` (``loss`` a detached
+    scalar tensor; when the loss function returns a dict, its ``"loss"`` entry is the loss and the other entries are
+    added as ``"loss_<name>"``); with ``decollate=True`` it becomes a list of per-item dicts after
+    ``MODEL_COMPLETED`` (the scalar losses replicated in each).
+
+    Args:
+        device: the device to train on.
+        max_epochs: number of epochs.
+        train_data_loader: the data loader of dicts holding both views (``view_keys``).
+        network: e.g. :class:`~ideal_components.networks.DenseContrastiveNet`; needs ``forward(x)`` (queries) and
+            ``forward_key(x)`` (keys without gradient), optionally ``momentum`` and ``momentum_update()``.
+        optimizer: the optimizer of the query parameters.
+        loss_function: ``loss_function(q, k)`` -> scalar tensor (or a dict with ``"loss"``), e.g.
+            :class:`~ideal_components.losses.LocalContrastiveLoss`.
+        epoch_length: iterations per epoch, default ``len(train_data_loader)``.
+        non_blocking: non-blocking host-to-device copies.
+        prepare_batch: ``None`` (default) takes the two views from the batch dict by ``view_keys``; otherwise a
+            callable ``(batchdata, device, non_blocking, **to_kwargs) -> (x1, x2)``.
+        iteration_update: replaces ``_iteration`` (see SupervisedTrainer).
+        inferer: unused by the iteration; kept so bundles can define ``train#inferer`` (default SimpleInferer).
+        postprocessing: transforms applied to ``engine.state.output`` (see SupervisedTrainer).
+        key_train_metric: see SupervisedTrainer.
+        additional_metrics: see SupervisedTrainer.
+        metric_cmp_fn: see SupervisedTrainer.
+        train_handlers: ignite / MONAI handlers to attach.
+        amp: mixed precision (``torch.autocast`` on the device type; ``GradScaler`` on CUDA).
+        event_names: additional ignite events to register.
+        event_to_attr: see SupervisedTrainer.
+        decollate: decollate ``engine.state.batch`` / ``engine.state.output`` into lists of per-item dicts after
+            each iteration (default True, as SupervisedTrainer: MONAI's ``from_engine(["loss"], first=True)``
+            reads the loss from the decollated list only; with False use ``"$lambda x: x['loss']"``).
+        optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
+        to_kwargs: other ``Tensor.to`` arguments for the views.
+        amp_kwargs: ``torch.autocast`` arguments (e.g. ``{"dtype": torch.bfloat16}``).
+        accumulation_steps: gradient accumulation as in SupervisedTrainer (the momentum update follows each step).
+        view_keys: the batch keys of the two views.
+
+    Raises:
+        ValueError: the network has no ``forward_key``; a view key is missing from a batch.
+
+    Example::
+
+        net = DenseContrastiveNet(backbone="resnet10", feature_level=-2, momentum=0.99)
+        trainer = ContrastivePretrainTrainer(
+            device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, network=net,
+            optimizer=torch.optim.Adam(net.parameters(), 1e-4), loss_function=LocalContrastiveLoss(),
+            train_handlers=[StatsHandler(output_transform=from_engine(["loss"], first=True))])
+        trainer.run()
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        network: torch.nn.Module,
+        optimizer: Optimizer,
+        loss_function: Callable,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable | None = None,
+        iteration_update: Callable[[Engine, Any], Any] | None = None,
+        inferer: Inferer | None = None,
+        postprocessing: Transform | None = None,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        event_names: list[str | EventEnum | type[EventEnum]] | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = True,
+        optim_set_to_none: bool = False,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+        accumulation_steps: int = 1,
+        view_keys: Sequence[str] = ("image", "image_view2"),
+    ) -> None:
+        view_keys = tuple(view_keys)
+        if len(view_keys) != 2:
+            raise ValueError(f"view_keys must name exactly two batch keys, got {view_keys}.")
+        if not callable(getattr(unwrap_network(network), "forward_key", None)):
+            raise ValueError(
+                f"{type(unwrap_network(network)).__name__} has no forward_key(x): ContrastivePretrainTrainer needs "
+                "a network with query (forward) and key (forward_key) projections, e.g. DenseContrastiveNet."
+            )
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=default_prepare_batch if prepare_batch is None else prepare_batch,
+            iteration_update=iteration_update,
+            inferer=inferer,
+            postprocessing=postprocessing,
+            key_train_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            train_handlers=train_handlers,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            optim_set_to_none=optim_set_to_none,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+            compile=False,
+            accumulation_steps=accumulation_steps,
+        )
+        self.view_keys = view_keys
+        self.custom_prepare_batch = prepare_batch is not None
+        self._init_common(train_data_loader)
+
+    @staticmethod
+    def _prepare_views(engine: Any, batchdata: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if engine.custom_prepare_batch:
+            views = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+            if not isinstance(views, (tuple, list)) or len(views) < 2:
+                raise ValueError("a custom prepare_batch of ContrastivePretrainTrainer must return (view1, view2).")
+            return views[0], views[1]
+        if not isinstance(batchdata, Mapping):
+            raise ValueError(f"ContrastivePretrainTrainer expects dict batches with keys {engine.view_keys}.")
+        missing = [k for k in engine.view_keys if k not in batchdata]
+        if missing:
+            raise ValueError(
+                f"the batch has no {missing} (view_keys={engine.view_keys}); "
+                f"keys present: {sorted(map(str, batchdata))}."
+            )
+        x1, x2 = (
+            batchdata[k].to(device=engine.state.device, non_blocking=engine.non_blocking, **engine.to_kwargs)
+            for k in engine.view_keys
+        )
+        return x1, x2
+
+    def _iteration(self, engine: ContrastivePretrainTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        """One contrastive iteration (see the class docstring); returns ``engine.state.output``.
+
+        Raises:
+            ValueError: when ``batchdata`` is None or lacks a view.
+        """
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        x1, x2 = engine._prepare_views(engine, batchdata)
+        bare = unwrap_network(engine.network)
+        engine.state.output = {Keys.IMAGE: x1, engine.view_keys[1]: x2}
+        should_zero_grad, should_step = engine._accumulation_flags(engine)
+
+        engine.network.train()
+        if should_zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        with engine._autocast(engine):
+            q = engine.network(x1)
+            with torch.no_grad():
+                k = bare.forward_key(x2)
+            engine.state.output[Keys.PRED] = q
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            result = engine.loss_function(q, k.detach())
+            engine.state.output[Keys.LOSS] = engine._split_loss(result, engine.state.output)
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        if engine._backward_and_step(engine, should_step) and float(getattr(bare, "momentum", 0.0) or 0.0) > 0:
+            update = getattr(bare, "momentum_update", None)
+            if callable(update):
+                update()
+        engine._detach_losses(engine.state.output)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
+    """Cross-pseudo-label fine-tuning of a two-branch segmentation network on mixed labelled/unlabelled batches.
+
+    Batch dict: ``"image"`` ``(B, C, H, W)``, ``"label"`` ``(B, 1, H, W)`` (placeholders for unlabelled slices, see
+    :class:`~ideal_components.transforms.EnsureLabeld`), ``labeled_key`` ``(B,)`` 0/1 flags (see
+    :class:`~ideal_components.data.sampler.LabeledUnlabeledBatchSampler` for the batch composition).
+
+    One iteration: ``logits_a, logits_b = forward_both_fn(network, image)``; ``parts = loss_function.compute(
+    logits_a, logits_b, label, labeled, epoch=e)`` with the fractional epoch ``e = state.epoch - 1 +
+    (iteration in epoch) / epoch_length`` (for ramp-ups); backward of ``parts["loss"]``; optimizer step. A loss
+    without ``compute`` is called as ``loss_function(logits_a, logits_b, label, labeled)`` (a tensor or a dict).
+
+    ``engine.state.output``: ``{"image", "label", "labeled", "pred": logits_a, "pred_b": logits_b, "loss",
+    "loss_supervised", "loss_cross_pseudo"}`` (+ ``"loss_<part>"`` for other parts), losses as detached tensors;
+    with ``decollate=True`` it becomes a list of per-item dicts after ``MODEL_COMPLETED``.
+
+    Distributed training: the default ``forward_both_fn`` (:func:`default_forward_both`) calls
+    ``network(x, branch="both")`` when the network's forward accepts ``branch``, so that DDP's forward (and so its
+    gradient all-reduce) covers both branches; a DDP-wrapped network without it is refused.
+
+    Args:
+        device: the device to train on.
+        max_epochs: number of epochs.
+        train_data_loader: data loader of mixed batches, e.g. ``DataLoader(ds, batch_sampler=LabeledUnlabeled...)``.
+        network: e.g. :class:`~ideal_components.networks.TwoBranchFlexibleUNet`.
+        optimizer: the optimizer.
+        loss_function: e.g. :class:`~ideal_components.losses.CrossPseudoLabelLoss`.
+        epoch_length: iterations per epoch, default ``len(train_data_loader)``.
+        non_blocking: non-blocking host-to-device copies.
+        prepare_batch: ``(batchdata, device, non_blocking, **to_kwargs) -> (image, label)`` (the flags are read
+            from ``batchdata[labeled_key]``), default MONAI's ``default_prepare_batch``.
+        iteration_update: replaces ``_iteration`` (see SupervisedTrainer).
+        inferer: unused by the iteration; kept so bundles can define ``train#inferer`` (default SimpleInferer).
+        postprocessing: transforms applied to ``engine.state.output`` (see SupervisedTrainer).
+        key_train_metric: e.g. a train Dice on ``"pred"`` / ``"label"`` (note: unlabelled items carry placeholders).
+        additional_metrics: see SupervisedTrainer.
+        metric_cmp_fn: see SupervisedTrainer.
+        train_handlers: ignite / MONAI handlers to attach.
+        amp: mixed precision (``torch.autocast`` on the device type; ``GradScaler`` on CUDA).
+        event_names: additional ignite events to register.
+        event_to_attr: see SupervisedTrainer.
+        decollate: decollate ``engine.state.batch`` / ``engine.state.output`` into lists of per-item dicts after
+            each iteration (default True, as SupervisedTrainer: MONAI's ``from_engine(["loss"], first=True)``
+            reads the loss from the decollated list only; with False use ``"$lambda x: x['loss']"``).
+        optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
+        to_kwargs: other ``Tensor.to`` arguments.
+        amp_kwargs: ``torch.autocast`` arguments.
+        accumulation_steps: gradient accumulation as in SupervisedTrainer.
+        labeled_key: batch key of the 0/1 flags.
+        forward_both_fn: ``(network, image) -> (logits_a, logits_b)``, default :func:`default_forward_both`.
+
+    Raises:
+        ValueError: a batch without label or flags, or a network without a two-branch forward.
+
+    Example::
+
+        sampler = LabeledUnlabeledBatchSampler([d["labeled"] for d in items], batch_size=8, labeled_batch_size=4)
+        loader = DataLoader(Dataset(items, transform), batch_sampler=sampler)
+        net = TwoBranchFlexibleUNet(out_channels=4, backbone="resnet10")
+        trainer = CrossPseudoLabelTrainer(
+            device=torch.device("cpu"), max_epochs=10, train_data_loader=loader, network=net,
+            optimizer=torch.optim.Adam(net.parameters(), 1e-4), loss_function=CrossPseudoLabelLoss(rampup_epochs=5))
+        trainer.run()
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        network: torch.nn.Module,
+        optimizer: Optimizer,
+        loss_function: Callable,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        iteration_update: Callable[[Engine, Any], Any] | None = None,
+        inferer: Inferer | None = None,
+        postprocessing: Transform | None = None,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        event_names: list[str | EventEnum | type[EventEnum]] | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = True,
+        optim_set_to_none: bool = False,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+        accumulation_steps: int = 1,
+        labeled_key: str = "labeled",
+        forward_both_fn: Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            iteration_update=iteration_update,
+            inferer=inferer,
+            postprocessing=postprocessing,
+            key_train_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            train_handlers=train_handlers,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            optim_set_to_none=optim_set_to_none,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+            compile=False,
+            accumulation_steps=accumulation_steps,
+        )
+        self.labeled_key = labeled_key
+        self.forward_both_fn = default_forward_both if forward_both_fn is None else forward_both_fn
+        self._init_common(train_data_loader)
+
+    @staticmethod
+    def fractional_epoch(engine: Any) -> float:
+        """``state.epoch - 1 + (iteration within the epoch) / epoch_length`` (``state.epoch - 1`` if unknown)."""
+        epoch = float(engine.state.epoch - 1)
+        length = engine.state.epoch_length
+        if length:
+            epoch += ((engine.state.iteration - 1) % length) / float(length)
+        return epoch
+
+    def _iteration(self, engine: CrossPseudoLabelTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        """One cross-pseudo-label iteration (see the class docstring); returns ``engine.state.output``.
+
+        Raises:
+            ValueError: when ``batchdata`` is None or lacks the label or the flags.
+        """
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        if not isinstance(batchdata, Mapping) or engine.labeled_key not in batchdata:
+            keys = sorted(map(str, batchdata)) if isinstance(batchdata, Mapping) else type(batchdata).__name__
+            raise ValueError(
+                f"CrossPseudoLabelTrainer needs dict batches with {engine.labeled_key!r} flags (see EnsureLabeld / "
+                f"expand_to_slices); got {keys}."
+            )
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        if targets is None:
+            raise ValueError("CrossPseudoLabelTrainer needs a 'label' in every batch (EnsureLabeld adds placeholders).")
+        flags = torch.as_tensor(batchdata[engine.labeled_key]).reshape(-1).to(engine.state.device)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, engine.labeled_key: flags}
+        should_zero_grad, should_step = engine._accumulation_flags(engine)
+
+        engine.network.train()
+        if should_zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        with engine._autocast(engine):
+            logits_a, logits_b = engine.forward_both_fn(engine.network, inputs)
+            engine.state.output[Keys.PRED] = logits_a
+            engine.state.output["pred_b"] = logits_b
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            compute = getattr(engine.loss_function, "compute", None)
+            if callable(compute):
+                result = compute(logits_a, logits_b, targets, flags, epoch=engine.fractional_epoch(engine))
+            else:
+                result = engine.loss_function(logits_a, logits_b, targets, flags)
+            engine.state.output[Keys.LOSS] = engine._split_loss(result, engine.state.output)
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        engine._backward_and_step(engine, should_step)
+        engine._detach_losses(engine.state.output)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

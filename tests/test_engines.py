@@ -1,0 +1,324 @@
+"""Tests of ContrastivePretrainTrainer and CrossPseudoLabelTrainer (tiny networks and data, CPU)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from ignite.engine import Events
+from monai.data import DataLoader, Dataset
+from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointSaver, StatsHandler, from_engine
+from monai.utils import set_determinism
+
+from ideal_components.data.sampler import LabeledUnlabeledBatchSampler
+from ideal_components.engines import ContrastivePretrainTrainer, CrossPseudoLabelTrainer, default_forward_both
+from ideal_components.losses import CrossPseudoLabelLoss, LocalContrastiveLoss
+from ideal_components.networks import DenseContrastiveNet, TwoBranchFlexibleUNet
+from ideal_components.transforms import EnsureLabeld
+
+DEVICE = torch.device("cpu")
+SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def _determinism():
+    set_determinism(seed=0)
+    yield
+    set_determinism(seed=None)
+
+
+def _views_data(n=4):
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for _ in range(n):
+        x = torch.rand(1, SIZE, SIZE, generator=g)
+        data.append({"image": x, "image_view2": (x * 1.2 + 0.1).clamp(0, 1)})
+    return data
+
+
+def _contrastive_net(momentum=0.9):
+    return DenseContrastiveNet(backbone="resnet10", feature_level=-3, head_out_channels=16, momentum=momentum)
+
+
+def _out(output):
+    """The iteration output as one dict (the first item of a decollated output; losses are replicated)."""
+    return output[0] if isinstance(output, list) else output
+
+
+def _record_losses(engine):
+    losses = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(_out(e.state.output)["loss"])))
+    return losses
+
+
+def _run_without_stats_warning(trainer):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.run()
+    assert not [w for w in caught if "non-scalar output" in str(w.message)], "StatsHandler could not read the loss"
+
+
+def test_contrastive_trainer_lowers_loss_with_handlers(tmp_path):
+    net = _contrastive_net()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    loader = DataLoader(Dataset(_views_data()), batch_size=4, shuffle=False)
+    handlers = [
+        StatsHandler(output_transform=from_engine(["loss"], first=True), iteration_log=True),
+        CheckpointSaver(str(tmp_path), save_dict={"network": net, "optimizer": opt}, save_final=True),
+    ]
+    trainer = ContrastivePretrainTrainer(
+        device=DEVICE,
+        max_epochs=15,
+        train_data_loader=loader,
+        network=net,
+        optimizer=opt,
+        loss_function=LocalContrastiveLoss(temperature=0.2),
+        train_handlers=handlers,
+    )
+    losses = _record_losses(trainer)
+    _run_without_stats_warning(trainer)
+    assert from_engine(["loss"], first=True)(trainer.state.output) == losses[-1]
+    assert len(losses) == 15 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    out = trainer.state.output
+    assert isinstance(out, list) and len(out) == 4  # decollated, as SupervisedTrainer
+    assert isinstance(out[0]["loss"], float)  # decollate_batch turns the scalar loss tensor into a number
+    assert out[0]["image"].shape == (1, SIZE, SIZE) and out[0]["pred"].shape == (16, 4, 4)
+    ckpts = glob.glob(os.path.join(str(tmp_path), "*final_iteration=15.pt"))
+    assert len(ckpts) == 1
+    state = torch.load(ckpts[0], weights_only=True)
+    assert set(state) == {"network", "optimizer"}
+    _contrastive_net().load_state_dict(state["network"])
+
+
+def test_contrastive_momentum_update_is_exact_ema_and_key_encoder_gets_no_grad():
+    m = 0.9
+    net = _contrastive_net(momentum=m)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loader = DataLoader(Dataset(_views_data()), batch_size=4)
+    trainer = ContrastivePretrainTrainer(
+        device=DEVICE, max_epochs=1, epoch_length=1, train_data_loader=loader, network=net, optimizer=opt,
+        loss_function=LocalContrastiveLoss(temperature=0.2),
+    )  # fmt: skip
+    k_before = [p.detach().clone() for p in net.encoder_k.parameters()] + [
+        p.detach().clone() for p in net.head_k.parameters()
+    ]
+    q_before = [p.detach().clone() for p in net.encoder.parameters()]
+    trainer.run()
+    q_after = list(net.encoder.parameters()) + list(net.head.parameters())
+    k_after = list(net.encoder_k.parameters()) + list(net.head_k.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(q_before, net.encoder.parameters()))  # the query was trained
+    assert all(p.grad is None for p in k_after)
+    assert any(not torch.equal(a, b) for a, b in zip(k_before, k_after))
+    for kb, ka, qa in zip(k_before, k_after, q_after):  # EMA with the query weights after the step
+        torch.testing.assert_close(ka, m * kb + (1 - m) * qa.detach(), rtol=1e-5, atol=1e-6)
+    for bk, bq in zip(net.encoder_k.buffers(), net.encoder.buffers()):
+        assert torch.equal(bk, bq)
+
+
+def test_contrastive_event_order_and_output_before_model_completed():
+    net = _contrastive_net(momentum=0.0)
+    loader = DataLoader(Dataset(_views_data()), batch_size=2)
+    trainer = ContrastivePretrainTrainer(
+        device=DEVICE, max_epochs=1, epoch_length=1, train_data_loader=loader, network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01), loss_function=LocalContrastiveLoss(), decollate=False,
+    )  # fmt: skip
+    seen = []
+    for ev in (IterationEvents.FORWARD_COMPLETED, IterationEvents.LOSS_COMPLETED, IterationEvents.BACKWARD_COMPLETED):
+        trainer.add_event_handler(ev, lambda e, ev=ev: seen.append(ev))
+
+    def _model_completed(engine):
+        seen.append(IterationEvents.MODEL_COMPLETED)
+        loss = engine.state.output["loss"]  # set before MODEL_COMPLETED, a detached scalar tensor
+        assert isinstance(loss, torch.Tensor) and loss.ndim == 0 and not loss.requires_grad
+
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, _model_completed)
+    trainer.run()
+    assert seen == [
+        IterationEvents.FORWARD_COMPLETED,
+        IterationEvents.LOSS_COMPLETED,
+        IterationEvents.BACKWARD_COMPLETED,
+        IterationEvents.MODEL_COMPLETED,
+    ]
+
+
+def test_contrastive_dict_loss_parts_and_errors():
+    net = _contrastive_net(momentum=0.0)
+    base = LocalContrastiveLoss()
+
+    def loss_fn(q, k):
+        v = base(q, k)
+        return {"loss": v, "local": v.detach()}
+
+    loader = DataLoader(Dataset(_views_data()), batch_size=2)
+    trainer = ContrastivePretrainTrainer(
+        device=DEVICE, max_epochs=1, epoch_length=1, train_data_loader=loader, network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01), loss_function=loss_fn,
+    )  # fmt: skip
+    trainer.run()
+    assert set(_out(trainer.state.output)) >= {"loss", "loss_local"}
+    with pytest.raises(ValueError, match="forward_key"):
+        ContrastivePretrainTrainer(
+            device=DEVICE, max_epochs=1, train_data_loader=loader, network=torch.nn.Conv2d(1, 1, 1),
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.01), loss_function=base,
+        )  # fmt: skip
+    bad = ContrastivePretrainTrainer(
+        device=DEVICE, max_epochs=1, epoch_length=1, train_data_loader=loader, network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01), loss_function=base, view_keys=("image", "other"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="other"):
+        bad._iteration(bad, next(iter(loader)))
+
+
+def _seg_items(n_lab=4, n_unl=8):
+    """Bright squares on noise; label 1 = square, 2 = its left half; unlabelled items carry no label."""
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n_lab + n_unl):
+        img = rng.random((1, SIZE, SIZE), dtype=np.float32) * 0.2
+        lab = np.zeros((1, SIZE, SIZE), dtype=np.float32)
+        r, c = rng.integers(4, 16, size=2)
+        img[:, r : r + 12, c : c + 12] += 0.8
+        lab[:, r : r + 12, c : c + 12] = 1
+        lab[:, r : r + 12, c : c + 6] = 2
+        item = {"image": img, "id": f"s{i}"}
+        if i < n_lab:
+            item.update(label=lab, labeled=1)
+        else:
+            item.update(labeled=0)
+        items.append(item)
+    return items
+
+
+def _seg_loader(items, batch_size=4, labeled_batch_size=2):
+    sampler = LabeledUnlabeledBatchSampler(
+        [d["labeled"] for d in items], batch_size=batch_size, labeled_batch_size=labeled_batch_size, seed=0
+    )
+    return DataLoader(Dataset(items, transform=EnsureLabeld()), batch_sampler=sampler, num_workers=0), sampler
+
+
+def _seg_net():
+    return TwoBranchFlexibleUNet(
+        in_channels=1, out_channels=3, backbone="resnet10", decoder_channels=(32, 16, 16, 8, 8)
+    )
+
+
+def test_cross_pseudo_label_trainer_end_to_end(tmp_path):
+    items = _seg_items()
+    loader, sampler = _seg_loader(items)
+    assert len(loader) == 4
+    net = _seg_net()
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    flags_seen = []
+    epochs_seen = []
+
+    class RecordingLoss(CrossPseudoLabelLoss):
+        def compute(self, logits_a, logits_b, label, labeled, epoch=None):
+            flags_seen.append(labeled.tolist())
+            epochs_seen.append(epoch)
+            return super().compute(logits_a, logits_b, label, labeled, epoch)
+
+    trainer = CrossPseudoLabelTrainer(
+        device=DEVICE,
+        max_epochs=4,
+        train_data_loader=loader,
+        network=net,
+        optimizer=opt,
+        loss_function=RecordingLoss(unlabeled_weight=0.5),
+        train_handlers=[
+            StatsHandler(output_transform=from_engine(["loss"], first=True)),
+            CheckpointSaver(str(tmp_path), save_dict={"network": net}, save_final=True),
+        ],
+    )
+    losses = _record_losses(trainer)
+    _run_without_stats_warning(trainer)
+    assert len(losses) == 16 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert all(f == [1, 1, 0, 0] for f in flags_seen)
+    np.testing.assert_allclose(epochs_seen[:5], [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert sampler.epoch == 4  # the trainer sets the batch sampler's epoch
+    out = trainer.state.output
+    assert len(out) == 4 and out[0]["pred"].shape == out[0]["pred_b"].shape == (3, SIZE, SIZE)
+    assert out[0]["label"].shape == (1, SIZE, SIZE) and [int(o["labeled"]) for o in out] == [1, 1, 0, 0]
+    for k in ("loss", "loss_supervised", "loss_cross_pseudo"):
+        assert isinstance(out[0][k], float) and out[0][k] == out[3][k]
+    assert all(float(o["label"].abs().sum()) == 0.0 for o in out[2:])
+    assert len(glob.glob(os.path.join(str(tmp_path), "*final_iteration=16.pt"))) == 1
+
+
+def test_cross_pseudo_label_plain_loss_and_errors():
+    items = _seg_items(n_lab=2, n_unl=2)
+    loader, _ = _seg_loader(items, batch_size=2, labeled_batch_size=1)
+    net = _seg_net()
+    base = CrossPseudoLabelLoss()
+    trainer = CrossPseudoLabelTrainer(
+        device=DEVICE, max_epochs=1, train_data_loader=loader, network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.01), loss_function=lambda a, b, y, f: base(a, b, y, f),
+    )  # fmt: skip
+    trainer.run()
+    out = _out(trainer.state.output)
+    assert set(out) >= {"loss", "pred", "pred_b"} and "loss_supervised" not in out
+    batch = next(iter(loader))
+    del batch["labeled"]
+    with pytest.raises(ValueError, match="labeled"):
+        trainer._iteration(trainer, batch)
+
+
+class _BranchNet(TwoBranchFlexibleUNet):
+    """``forward(x, branch=...)`` so that DDP's forward covers both branches."""
+
+    def forward(self, x, branch="a"):
+        return self.forward_both(x) if branch == "both" else super().forward(x)
+
+
+def test_forward_both_under_ddp(tmp_path):
+    if not dist.is_available():
+        pytest.skip("torch.distributed unavailable")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        x = torch.rand(2, 1, SIZE, SIZE)
+        plain = torch.nn.parallel.DistributedDataParallel(_seg_net())
+        with pytest.raises(ValueError, match="bypass"):
+            default_forward_both(plain, x)
+        net = _BranchNet(in_channels=1, out_channels=3, backbone="resnet10", decoder_channels=(32, 16, 16, 8, 8))
+        ddp = torch.nn.parallel.DistributedDataParallel(net)
+        a, b = default_forward_both(ddp, x)
+        assert a.shape == b.shape == (2, 3, SIZE, SIZE)
+        loader, _ = _seg_loader(_seg_items(n_lab=2, n_unl=2), batch_size=2, labeled_batch_size=1)
+        trainer = CrossPseudoLabelTrainer(
+            device=DEVICE, max_epochs=1, train_data_loader=loader, network=ddp,
+            optimizer=torch.optim.SGD(ddp.parameters(), lr=0.01), loss_function=CrossPseudoLabelLoss(),
+        )  # fmt: skip
+        trainer.run()
+        assert np.isfinite(float(_out(trainer.state.output)["loss"]))
+        assert all(p.grad is not None for p in net.decoder_b.parameters())  # branch B trained through DDP
+    finally:
+        dist.destroy_process_group()
+
+
+def test_amp_on_cpu_does_not_crash():
+    amp_kwargs = {"dtype": torch.bfloat16}
+    net = _contrastive_net()
+    loader = DataLoader(Dataset(_views_data()), batch_size=2)
+    trainer = ContrastivePretrainTrainer(
+        device=DEVICE, max_epochs=1, train_data_loader=loader, network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3), loss_function=LocalContrastiveLoss(), amp=True,
+        amp_kwargs=amp_kwargs,
+    )  # fmt: skip
+    trainer.run()
+    assert trainer.scaler is None and np.isfinite(float(_out(trainer.state.output)["loss"]))
+    seg = _seg_net()
+    loader, _ = _seg_loader(_seg_items(n_lab=2, n_unl=2), batch_size=2, labeled_batch_size=1)
+    trainer = CrossPseudoLabelTrainer(
+        device=DEVICE, max_epochs=1, train_data_loader=loader, network=seg,
+        optimizer=torch.optim.Adam(seg.parameters(), 1e-3), loss_function=CrossPseudoLabelLoss(), amp=True,
+        amp_kwargs=amp_kwargs,
+    )  # fmt: skip
+    trainer.run()
+    assert np.isfinite(float(_out(trainer.state.output)["loss"]))
