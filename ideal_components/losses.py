@@ -1,0 +1,474 @@
+"""Losses of IDEAL (Basak et al., ICASSP 2023).
+
+- :class:`LocalContrastiveLoss`: the dense (per-location) InfoNCE loss ``L_loc`` of the pre-training phase.
+- :class:`GlobalContrastiveLoss`: SimCLR's NT-Xent on globally pooled features (the "global CL" baseline).
+- :class:`CrossPseudoLabelLoss`: the fine-tuning loss ``L_SSF``: cross-entropy to the mask on labelled images and
+  cross pseudo-label supervision between the two decoder branches on unlabelled images.
+- :func:`sigmoid_rampup`: the sigmoid-shaped ramp-up of Laine & Aila (2017) for the unlabelled weight.
+
+All losses compute their logits / log-probabilities in float32 (also under ``torch.autocast``) and use the
+log-softmax form, so they are stable for small temperatures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.losses import DiceLoss
+from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
+
+__all__ = ["LocalContrastiveLoss", "GlobalContrastiveLoss", "CrossPseudoLabelLoss", "sigmoid_rampup"]
+
+_IGNORE_INDEX = -100
+
+
+def _check_temperature(temperature: float) -> float:
+    temperature = float(temperature)
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
+    return temperature
+
+
+def _float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32, or float64 when it already is float64 (so that float64 checks keep their precision)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _plain(x):
+    """A ``MetaTensor`` as a plain ``torch.Tensor`` (same storage and autograd graph); anything else unchanged."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+def sigmoid_rampup(current: float | None, rampup_length: float) -> float:
+    """Sigmoid-shaped ramp-up ``exp(-5 (1 - t)^2)``, ``t = clip(current / rampup_length, 0, 1)`` (Laine & Aila 2017).
+
+    Args:
+        current: the current epoch (may be fractional). ``None`` means "no schedule" and gives 1.
+        rampup_length: the number of epochs to reach 1. ``0`` disables the ramp-up (always 1).
+
+    Returns:
+        a float in ``(0, 1]``: ``exp(-5) ~ 0.0067`` at ``current=0``, 1 from ``current >= rampup_length`` on.
+
+    Raises:
+        ValueError: when ``rampup_length`` is negative or not finite.
+
+    Example::
+
+        >>> sigmoid_rampup(0, 10), sigmoid_rampup(5, 10), sigmoid_rampup(10, 10)
+        (0.006737946999085467, 0.2865047968601901, 1.0)
+    """
+    rampup_length = float(rampup_length)
+    if not math.isfinite(rampup_length) or rampup_length < 0:
+        raise ValueError(f"rampup_length must be a finite number >= 0, got {rampup_length}.")
+    if current is None or rampup_length == 0:
+        return 1.0
+    t = min(max(float(current) / rampup_length, 0.0), 1.0)
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+class LocalContrastiveLoss(_Loss):
+    """Dense local contrastive loss ``L_loc`` of IDEAL (an InfoNCE loss at every spatial location).
+
+    For every image, with ``q_i`` / ``k_i`` the L2-normalised query / key features at location ``i`` of ``N = H*W``
+    (or ``D*H*W``) locations and ``t`` the temperature::
+
+        L = -1/N * sum_i log( exp(q_i.k_i/t) / (exp(q_i.k_i/t) + sum_{j != i} exp(q_i.k_j/t)) )
+
+    The positive of ``q_i`` is the key feature at the same location in the other view; the negatives are the key
+    features at all other locations of the same image. This is a cross-entropy over the rows of the ``(N, N)``
+    similarity matrix with target ``i`` for row ``i`` (the denominator includes the positive), which is how it is
+    computed here: one batched matrix product and ``F.cross_entropy`` (log-softmax, stable for small ``t``), in
+    float32 even under ``torch.autocast``.
+
+    Args:
+        temperature: the temperature ``t > 0``.
+        batch_negatives: also use the key features of the *other* images of the batch as negatives (the
+            similarity matrix becomes ``(B*N, B*N)``, memory ``O((B*N)^2)``).
+        symmetric: average the query->key and key->query losses (the key->query logits are the transposed
+            query->key logits, so this costs one more cross-entropy, no further matrix product).
+        max_locations: if set (>= 2) and an image has more locations, compute the loss on ``max_locations``
+            locations drawn at random without replacement, independently per image, the same locations in the
+            query and the key map. Memory then is ``O(B * max_locations^2)`` instead of ``O(B * N^2)``. The draw
+            uses ``generator`` when given (it must live on the device of the features or on the CPU), otherwise
+            torch's global RNG of the features' device (seeded by ``monai.utils.set_determinism``).
+        reduction: ``"mean"`` (mean over the batch of the per-image losses), ``"sum"`` (their sum) or ``"none"``
+            (the per-image losses, shape ``(B,)``).
+        generator: optional ``torch.Generator`` for ``max_locations``.
+
+    Shapes:
+        query, key: ``(B, C, H, W)`` or ``(B, C, D, H, W)``, the same shape; output: a scalar, or ``(B,)`` with
+        ``reduction="none"``.
+
+    Raises:
+        ValueError: temperature <= 0, ``max_locations < 2``, wrong ranks, mismatched shapes, empty batch, fewer
+            than two candidates (positive + negatives) per query.
+
+    Example::
+
+        >>> loss_fn = LocalContrastiveLoss(temperature=0.1)
+        >>> q, k = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
+        >>> loss_fn(q, k).shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        batch_negatives: bool = False,
+        symmetric: bool = False,
+        max_locations: int | None = None,
+        reduction: LossReduction | str = LossReduction.MEAN,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(reduction=LossReduction(reduction).value)
+        self.temperature = _check_temperature(temperature)
+        if max_locations is not None:
+            if isinstance(max_locations, bool) or int(max_locations) != max_locations or max_locations < 2:
+                raise ValueError(f"max_locations must be None or an integer >= 2, got {max_locations!r}.")
+            max_locations = int(max_locations)
+        self.max_locations = max_locations
+        self.batch_negatives = bool(batch_negatives)
+        self.symmetric = bool(symmetric)
+        self.generator = generator
+
+    def sample_locations(self, batch_size: int, num_locations: int, device: torch.device | str) -> torch.Tensor:
+        """Draw the location indices used when ``max_locations`` is set.
+
+        Args:
+            batch_size: number of images ``B``.
+            num_locations: number of locations ``N`` per image (must exceed ``max_locations``).
+            device: the device of the returned indices.
+
+        Returns:
+            a long tensor ``(B, max_locations)``: per image, distinct indices in ``[0, N)`` in random order.
+        """
+        if self.max_locations is None:
+            raise ValueError("sample_locations needs max_locations to be set.")
+        rng_device = self.generator.device if self.generator is not None else torch.device(device)
+        noise = torch.rand((batch_size, num_locations), generator=self.generator, device=rng_device)
+        return noise.argsort(dim=1)[:, : self.max_locations].to(device)
+
+    @staticmethod
+    def _flatten(x: torch.Tensor, name: str) -> torch.Tensor:
+        if x.ndim not in (4, 5):
+            raise ValueError(f"{name} must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(x.shape)}.")
+        return x.flatten(2)  # (B, C, N)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            query: dense features of view 1, ``(B, C, H, W)`` or ``(B, C, D, H, W)`` (not necessarily normalised).
+            key: dense features of view 2, the same shape.
+
+        Returns:
+            the loss (see ``reduction``).
+        """
+        if not isinstance(query, torch.Tensor) or not isinstance(key, torch.Tensor):
+            raise ValueError("query and key must be torch.Tensors.")
+        query, key = _plain(query), _plain(key)
+        q = self._flatten(query, "query")
+        k = self._flatten(key, "key")
+        if query.shape != key.shape:
+            raise ValueError(
+                f"query and key must have the same shape, got {tuple(query.shape)} and {tuple(key.shape)}."
+            )
+        b, c, n = q.shape
+        if b == 0:
+            raise ValueError("empty batch: query and key have batch size 0.")
+        if c == 0:
+            raise ValueError("query and key have no feature channels (C == 0).")
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            q, k = _float32(q), _float32(k)
+            if self.max_locations is not None and n > self.max_locations:
+                idx = self.sample_locations(b, n, q.device).unsqueeze(1).expand(b, c, self.max_locations)
+                q, k = q.gather(2, idx), k.gather(2, idx)
+                n = self.max_locations
+            candidates = b * n if self.batch_negatives else n
+            if candidates < 2:
+                raise ValueError(
+                    f"need at least 2 locations per image (or batch_negatives with B >= 2) to have a negative, got "
+                    f"B={b}, N={n}."
+                )
+            # 1/t is applied to the (B, N, C) queries rather than to the (B, N, N) logits: one pass less over the
+            # largest tensor, forward and backward.
+            q = (F.normalize(q, dim=1) / self.temperature).transpose(1, 2)  # (B, N, C)
+            k = F.normalize(k, dim=1)  # (B, C, N)
+            if self.batch_negatives:
+                # (B*N, B*N): row b*N+i holds q_{b,i} . k_{b',j} / t for every image b' and location j of the batch.
+                logits = q.reshape(b * n, c) @ k.transpose(1, 2).reshape(b * n, c).T
+                rows = candidates
+            else:
+                logits = torch.bmm(q, k)  # (B, N, N): [b, i, j] = q_{b,i} . k_{b,j} / t
+                rows = n
+            target = torch.arange(rows, device=logits.device)
+            target = target if self.batch_negatives else target.repeat(b)
+            flat = logits.reshape(-1, rows)
+            loss = F.cross_entropy(flat, target, reduction="none")
+            if self.symmetric:
+                flat_t = logits.transpose(-1, -2).reshape(-1, rows)
+                loss = 0.5 * (loss + F.cross_entropy(flat_t, target, reduction="none"))
+            per_image = loss.view(b, n).mean(dim=1)
+        if self.reduction == LossReduction.MEAN.value:
+            return per_image.mean()
+        if self.reduction == LossReduction.SUM.value:
+            return per_image.sum()
+        return per_image
+
+
+class GlobalContrastiveLoss(_Loss):
+    """SimCLR's NT-Xent loss on globally average-pooled features (the global contrastive baseline).
+
+    ``z1[i]`` and ``z2[i]`` are two views of sample ``i``. With the ``2B`` L2-normalised pooled features, the
+    positive of each feature is its partner view and the negatives are the other ``2B - 2`` features::
+
+        L = 1/(2B) * sum_a -log( exp(s_{a,p(a)}/t) / sum_{c != a} exp(s_{a,c}/t) )
+
+    This is the value of ``monai.losses.ContrastiveLoss(temperature=t)`` (whose ``batch_size`` argument is deprecated
+    and ignored: the batch size is read from the input), but computed as a log-softmax cross-entropy in float32,
+    which stays finite where MONAI's direct ``exp(s/t)`` overflows (``t`` below about 0.012 in float32).
+
+    Args:
+        temperature: the temperature ``t > 0``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (the ``2B`` per-feature terms, ``z1`` rows first).
+
+    Shapes:
+        z1, z2: ``(B, C)`` or ``(B, C, *spatial)`` (spatial dims are averaged), the same shape, ``B >= 2``.
+
+    Example::
+
+        >>> loss_fn = GlobalContrastiveLoss(temperature=0.1)
+        >>> loss_fn(torch.randn(4, 32, 6, 6), torch.randn(4, 32, 6, 6)).shape
+        torch.Size([])
+    """
+
+    def __init__(self, temperature: float = 0.1, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+        super().__init__(reduction=LossReduction(reduction).value)
+        self.temperature = _check_temperature(temperature)
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            z1: features of view 1, ``(B, C)`` or ``(B, C, *spatial)``.
+            z2: features of view 2, the same shape.
+        """
+        if not isinstance(z1, torch.Tensor) or not isinstance(z2, torch.Tensor):
+            raise ValueError("z1 and z2 must be torch.Tensors.")
+        z1, z2 = _plain(z1), _plain(z2)
+        if z1.ndim < 2:
+            raise ValueError(f"z1 and z2 must be (B, C) or (B, C, *spatial), got shape {tuple(z1.shape)}.")
+        if z1.shape != z2.shape:
+            raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}.")
+        b = z1.shape[0]
+        if b < 2:
+            raise ValueError(f"GlobalContrastiveLoss needs a batch of at least 2 samples (negatives), got {b}.")
+        with torch.autocast(device_type=z1.device.type, enabled=False):
+            z = torch.cat([_float32(z1), _float32(z2)], dim=0)
+            if z.ndim > 2:
+                z = z.flatten(2).mean(dim=2)
+            z = F.normalize(z, dim=1)
+            logits = (z @ z.T) / self.temperature
+            eye = torch.eye(2 * b, dtype=torch.bool, device=z.device)
+            logits = logits.masked_fill(eye, float("-inf"))
+            target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+            loss = F.cross_entropy(logits, target, reduction="none")
+        if self.reduction == LossReduction.MEAN.value:
+            return loss.mean()
+        if self.reduction == LossReduction.SUM.value:
+            return loss.sum()
+        return loss
+
+
+class CrossPseudoLabelLoss(_Loss):
+    """IDEAL's semi-supervised fine-tuning loss ``L_SSF`` for a two-branch segmentation network.
+
+    With ``p_a``, ``p_b`` the two branches' predictions, ``m`` the mask and ``y_a = argmax p_a``,
+    ``y_b = argmax p_b`` (no gradient through ``y``)::
+
+        labelled:    CE(p_a, m) + CE(p_b, m)  [+ dice_weight * (Dice(p_a, m) + Dice(p_b, m))]
+        unlabelled:  CE(p_a, y_b) + CE(p_b, y_a)
+        loss = supervised [+ dice_weight * dice]
+               + unlabeled_weight * sigmoid_rampup(epoch, rampup_epochs) * cross_pseudo
+
+    ``supervised``: each CE averaged over the pixels of the labelled samples of the batch. ``cross_pseudo``: each
+    CE averaged over the kept pixels of the unlabelled samples, where a pixel is ignored (``ignore_index``) when the
+    *other* branch's maximum softmax probability is below ``confidence_threshold`` (0 keeps every pixel). A part
+    with nothing to average (no labelled / no unlabelled sample in the batch, or every pixel ignored) is an exact 0
+    that is still connected to the graph, so ``backward()`` works on any batch. The soft Dice terms use
+    ``monai.losses.DiceLoss(softmax=True, to_onehot_y=True)`` on the labelled samples.
+
+    Args:
+        unlabeled_weight: weight ``>= 0`` of the cross pseudo-label term (after ramp-up).
+        rampup_epochs: length of the sigmoid ramp-up of the unlabelled weight, in epochs (0: no ramp-up).
+        confidence_threshold: in ``[0, 1)``; pseudo-labels whose confidence is below it are ignored.
+        dice_weight: weight ``>= 0`` of the soft Dice terms on labelled samples (0: not computed).
+        include_background_dice: whether the Dice terms include the background class.
+
+    Shapes:
+        logits_a, logits_b: ``(B, K, H, W)`` or ``(B, K, D, H, W)``, ``K >= 2``; label: ``(B, 1, *spatial)`` class
+        indices in ``[0, K)`` (integer or integer-valued float; only labelled samples are checked, unlabelled ones
+        may carry any placeholder); labeled: ``B`` flags (bool or 0/1), any shape with ``B`` elements.
+
+    Example::
+
+        >>> loss_fn = CrossPseudoLabelLoss(unlabeled_weight=1.0, rampup_epochs=10)
+        >>> la, lb = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+        >>> label = torch.randint(0, 3, (4, 1, 8, 8))
+        >>> out = loss_fn.compute(la, lb, label, torch.tensor([1, 1, 0, 0]), epoch=5)
+        >>> sorted(out)
+        ['cross_pseudo', 'loss', 'supervised']
+    """
+
+    def __init__(
+        self,
+        unlabeled_weight: float = 1.0,
+        rampup_epochs: float = 0.0,
+        confidence_threshold: float = 0.0,
+        dice_weight: float = 0.0,
+        include_background_dice: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("unlabeled_weight", unlabeled_weight), ("dice_weight", dice_weight)):
+            if not math.isfinite(float(value)) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        if not math.isfinite(float(rampup_epochs)) or rampup_epochs < 0:
+            raise ValueError(f"rampup_epochs must be a finite number >= 0, got {rampup_epochs}.")
+        if not 0.0 <= float(confidence_threshold) < 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1), got {confidence_threshold}.")
+        self.unlabeled_weight = float(unlabeled_weight)
+        self.rampup_epochs = float(rampup_epochs)
+        self.confidence_threshold = float(confidence_threshold)
+        self.dice_weight = float(dice_weight)
+        self.include_background_dice = bool(include_background_dice)
+        self.dice = DiceLoss(softmax=True, to_onehot_y=True, include_background=self.include_background_dice)
+
+    def unlabeled_weight_at(self, epoch: float | None = None) -> float:
+        """``unlabeled_weight * sigmoid_rampup(epoch, rampup_epochs)`` (``epoch=None``: no ramp-up)."""
+        return self.unlabeled_weight * sigmoid_rampup(epoch, self.rampup_epochs)
+
+    @staticmethod
+    def _ce_mean(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """CE summed over the non-ignored pixels divided by their count (exact 0, still in the graph, if none)."""
+        total = F.cross_entropy(logits, target, ignore_index=_IGNORE_INDEX, reduction="sum")
+        return total / (target != _IGNORE_INDEX).sum().clamp_min(1)
+
+    def _validate(
+        self,
+        logits_a: torch.Tensor,
+        logits_b: torch.Tensor,
+        label: torch.Tensor,
+        labeled: torch.Tensor | Sequence[bool] | Sequence[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        for name, x in (("logits_a", logits_a), ("logits_b", logits_b), ("label", label)):
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+        if logits_a.ndim not in (4, 5):
+            raise ValueError(f"logits must be (B, K, H, W) or (B, K, D, H, W), got shape {tuple(logits_a.shape)}.")
+        if logits_a.shape != logits_b.shape:
+            raise ValueError(
+                f"logits_a and logits_b must have the same shape, got {tuple(logits_a.shape)} and "
+                f"{tuple(logits_b.shape)}."
+            )
+        b, k = logits_a.shape[:2]
+        if b == 0:
+            raise ValueError("empty batch: logits have batch size 0.")
+        if k < 2:
+            raise ValueError(f"logits need at least 2 classes (channel dim), got {k}.")
+        if label.ndim != logits_a.ndim:
+            raise ValueError(
+                f"label must be (B, 1, *spatial) with the rank of the logits ({logits_a.ndim}), got shape "
+                f"{tuple(label.shape)}."
+            )
+        if label.shape[1] != 1:
+            raise ValueError(f"label must have 1 channel (class indices), got {label.shape[1]} channels.")
+        if label.shape[0] != b or label.shape[2:] != logits_a.shape[2:]:
+            raise ValueError(
+                f"label shape {tuple(label.shape)} does not match the logits {tuple(logits_a.shape)} (B and spatial)."
+            )
+        flags = torch.as_tensor(labeled, device=logits_a.device).reshape(-1)
+        if flags.numel() != b:
+            raise ValueError(f"labeled must hold one flag per sample ({b}), got {flags.numel()}.")
+        if flags.dtype != torch.bool:
+            if not bool(((flags == 0) | (flags == 1)).all()):
+                raise ValueError(f"labeled flags must be bool or 0/1, got {flags.tolist()}.")
+            flags = flags != 0
+        lab = label[:, 0]
+        if lab.is_floating_point():
+            if not bool(torch.isfinite(lab).all()) or not bool((lab == lab.round()).all()):
+                raise ValueError("label must hold integer class indices (got non-integer values).")
+        elif lab.dtype == torch.bool or lab.is_complex():
+            raise ValueError(f"label must hold integer class indices, got dtype {lab.dtype}.")
+        lab = lab.long()
+        if bool(flags.any()):
+            sup = lab[flags]
+            lo, hi = int(sup.min()), int(sup.max())
+            if lo < 0 or hi >= k:
+                raise ValueError(f"label values must be in [0, {k}) for {k} classes, got values in [{lo}, {hi}].")
+        return lab, flags
+
+    def compute(
+        self,
+        logits_a: torch.Tensor,
+        logits_b: torch.Tensor,
+        label: torch.Tensor,
+        labeled: torch.Tensor | Sequence[bool] | Sequence[int],
+        epoch: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Compute the loss and its parts.
+
+        Args:
+            logits_a: branch A's logits ``(B, K, *spatial)``.
+            logits_b: branch B's logits, the same shape.
+            label: ``(B, 1, *spatial)`` class indices (placeholders for unlabelled samples).
+            labeled: ``B`` flags, true for the samples whose label is real.
+            epoch: the current (possibly fractional) epoch for the ramp-up; ``None``: full weight.
+
+        Returns:
+            ``{"loss", "supervised", "cross_pseudo"}`` (+ ``"dice"`` when ``dice_weight > 0``) scalar tensors;
+            ``supervised``, ``cross_pseudo`` and ``dice`` are unweighted (sums of the two branches' terms).
+        """
+        logits_a, logits_b, label, labeled = _plain(logits_a), _plain(logits_b), _plain(label), _plain(labeled)
+        lab, flags = self._validate(logits_a, logits_b, label, labeled)
+        spatial = (1,) * (lab.ndim - 1)
+        sup_mask = flags.view(-1, *spatial).expand_as(lab)
+        with torch.autocast(device_type=logits_a.device.type, enabled=False):
+            la, lb = _float32(logits_a), _float32(logits_b)
+            ignore = torch.full_like(lab, _IGNORE_INDEX)
+            sup_target = torch.where(sup_mask, lab, ignore)
+            supervised = self._ce_mean(la, sup_target) + self._ce_mean(lb, sup_target)
+
+            with torch.no_grad():
+                conf_a, y_a = torch.softmax(la, dim=1).max(dim=1)
+                conf_b, y_b = torch.softmax(lb, dim=1).max(dim=1)
+                unl = ~sup_mask
+                target_for_b = torch.where(unl & (conf_a >= self.confidence_threshold), y_a, ignore)
+                target_for_a = torch.where(unl & (conf_b >= self.confidence_threshold), y_b, ignore)
+            cross_pseudo = self._ce_mean(la, target_for_a) + self._ce_mean(lb, target_for_b)
+
+            loss = supervised + self.unlabeled_weight_at(epoch) * cross_pseudo
+            out = {"supervised": supervised, "cross_pseudo": cross_pseudo}
+            if self.dice_weight > 0:
+                if bool(flags.any()):
+                    lab_c = lab[flags].unsqueeze(1)
+                    dice = self.dice(la[flags], lab_c) + self.dice(lb[flags], lab_c)
+                else:
+                    dice = (la.sum() + lb.sum()) * 0.0
+                out["dice"] = dice
+                loss = loss + self.dice_weight * dice
+        out["loss"] = loss
+        return out
+
+    def forward(
+        self,
+        logits_a: torch.Tensor,
+        logits_b: torch.Tensor,
+        label: torch.Tensor,
+        labeled: torch.Tensor | Sequence[bool] | Sequence[int],
+        epoch: float | None = None,
+    ) -> torch.Tensor:
+        """``compute(logits_a, logits_b, label, labeled, epoch)["loss"]``."""
+        return self.compute(logits_a, logits_b, label, labeled, epoch)["loss"]
