@@ -250,9 +250,26 @@ class TwoBranchFlexibleUNet(nn.Module):
         """The shared encoder (``branch_a.encoder``)."""
         return self.branch_a.encoder
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Branch A logits ``(B, out_channels, *spatial)`` (the inference output)."""
-        return self.branch_a(x)
+    def forward(self, x: torch.Tensor, branch: str = "a") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits of one branch, or of both.
+
+        Args:
+            x: ``(B, in_channels, *spatial)``.
+            branch: ``"a"`` (default, the inference output), ``"b"``, or ``"both"`` for ``forward_both(x)``. Training
+                calls ``network(x, branch="both")`` through the module itself so that a ``DistributedDataParallel``
+                wrapper sees the forward and synchronises both branches' gradients.
+
+        Returns:
+            ``(B, out_channels, *spatial)`` logits, or the pair ``(logits_a, logits_b)`` for ``"both"``.
+        """
+        if branch == "a":
+            return self.branch_a(x)
+        if branch == "both":
+            return self.forward_both(x)
+        if branch == "b":
+            features = self.branch_a.encoder(x)
+            return self.segmentation_head_b(self.decoder_b(features, self.skip_connect))
+        raise ValueError(f"branch must be 'a', 'b' or 'both', got {branch!r}.")
 
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the encoder once and both decoders on its features.

@@ -373,3 +373,18 @@ def test_resnet50_strict_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(plain(x), net(x), rtol=0, atol=0)
         assert pre.eval()(x).shape == (1, 128, 2, 2)
+
+
+def test_forward_branch_argument():
+    torch.manual_seed(0)
+    net = TwoBranchFlexibleUNet(in_channels=1, out_channels=3, backbone="resnet10").eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        a, b = net.forward_both(x)
+        assert torch.equal(net(x), a)
+        assert torch.equal(net(x, branch="a"), a)
+        assert torch.equal(net(x, branch="b"), b)
+        both = net(x, branch="both")
+        assert torch.equal(both[0], a) and torch.equal(both[1], b)
+    with pytest.raises(ValueError, match="branch must be"):
+        net(x, branch="c")
