@@ -1,3 +1,20 @@
-"""IDEAL: dense local contrastive pre-training and cross-pseudo-label fine-tuning, as MONAI bundle components."""
+"""IDEAL: dense local contrastive pre-training and cross-pseudo-label fine-tuning, as MONAI bundle components.
+
+Submodules are imported on first attribute access (``ideal_components.data.slices.expand_to_slices``), so that bundle
+expressions can use ``"$import ideal_components"`` alone and the command line stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("cli", "data", "engines", "losses", "metrics", "networks", "report", "sweep", "transforms")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,6 +32,7 @@ __all__ = [
     "TwoBranchFlexibleUNet",
     "DenseContrastiveNet",
     "load_pretrained_encoder",
+    "save_encoder",
     "build_flexunet_encoder",
     "flexunet_encoder_channels",
 ]
@@ -438,6 +439,45 @@ def _extract_encoder_state(obj: Any, path: str) -> Mapping[str, Any]:
     if not obj:
         raise ValueError(f"{path}: the file holds no encoder weights.")
     return obj
+
+
+def save_encoder(network: nn.Module, path: str) -> str | None:
+    """Write ``network.encoder``'s state dict to ``path`` atomically (what ``pretrained_encoder.pt`` holds).
+
+    The file is written to a temporary name in the same folder and renamed, so a crash never leaves a truncated
+    encoder that a later fine-tuning run would load. Under ``torch.distributed`` only rank 0 writes.
+
+    Args:
+        network: a :class:`DenseContrastiveNet`, :class:`TwoBranchFlexibleUNet` or FlexibleUNet, possibly wrapped in
+            ``DistributedDataParallel``.
+        path: the output file; its folder is created.
+
+    Returns:
+        ``path`` on the rank that wrote it, else ``None``.
+
+    Example::
+
+        net = DenseContrastiveNet(backbone="resnet10", momentum=0.0)
+        save_encoder(net, "models/pretrained_encoder.pt")
+        load_pretrained_encoder(TwoBranchFlexibleUNet(out_channels=4, backbone="resnet10"), "models/pretrained_encoder.pt")
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return None
+    bare = getattr(network, "module", network)
+    encoder = getattr(bare, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(f"{type(bare).__name__} has no `encoder` module to save.")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        torch.save({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    logger.info("saved the encoder (%s) to %s", type(encoder).__name__, path)
+    return path
 
 
 def load_pretrained_encoder(

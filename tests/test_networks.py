@@ -15,6 +15,7 @@ from ideal_components.networks import (
     build_flexunet_encoder,
     flexunet_encoder_channels,
     load_pretrained_encoder,
+    save_encoder,
 )
 
 BACKBONE = "resnet10"  # scriptable (shortcut type B) and small
@@ -388,3 +389,17 @@ def test_forward_branch_argument():
         assert torch.equal(both[0], a) and torch.equal(both[1], b)
     with pytest.raises(ValueError, match="branch must be"):
         net(x, branch="c")
+
+
+def test_save_encoder_round_trip(tmp_path):
+    torch.manual_seed(0)
+    pre = DenseContrastiveNet(backbone="resnet10", momentum=0.0)
+    path = str(tmp_path / "sub" / "pretrained_encoder.pt")
+    assert save_encoder(pre, path) == path
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["pretrained_encoder.pt"]  # no temp file left
+    net = TwoBranchFlexibleUNet(out_channels=4, backbone="resnet10")
+    assert load_pretrained_encoder(net, path, required=True)
+    for k, v in pre.encoder.state_dict().items():
+        assert torch.equal(net.encoder.state_dict()[k], v)
+    with pytest.raises(ValueError, match="no `encoder`"):
+        save_encoder(torch.nn.Linear(2, 2), path)

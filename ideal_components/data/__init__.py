@@ -1,0 +1,17 @@
+"""Raw dataset readers, preparation, splits, 2D slice datalists, batch samplers and synthetic phantoms.
+
+Submodules are imported on first attribute access (``ideal_components.data.slices``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SUBMODULES = ("acdc", "io", "mmwhs", "phantoms", "prepare", "preprocessing", "sampler", "slices", "splits")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,232 @@
+"""The two MONAI bundles: the model zoo's static checks, and real ``python -m monai.bundle run`` subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "tests" / "data" / "meta_schema_20240725.json"
+BUNDLES = ["ideal_acdc", "ideal_mmwhs"]
+# the ids whose values may differ between the two bundles (data and hyper-parameters, never code)
+DATASET_SPECIFIC = {"label_fraction", "num_classes", "class_names", "spatial_size", "pixdim", "transforms"}
+
+
+def configs(bundle: str, *names: str) -> list[str]:
+    return [str(REPO / "bundles" / bundle / "configs" / n) for n in names]
+
+
+def workflow(bundle: str, names: tuple[str, ...], workflow_type: str, root: Path, **override) -> ConfigWorkflow:
+    configs_dir = REPO / "bundles" / bundle / "configs"
+    return ConfigWorkflow(
+        config_file=configs(bundle, *names),
+        meta_file=str(configs_dir / "metadata.json"),
+        logging_file=str(configs_dir / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(root),
+        **override,
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> dict[str, Path]:
+    """Tiny prepared phantom sets of both datasets (the bundles' datalists must resolve to real files)."""
+    from ideal_components.data.acdc import prepare_acdc
+    from ideal_components.data.mmwhs import prepare_mmwhs
+    from ideal_components.data.phantoms import synth_acdc, synth_mmwhs
+
+    base = tmp_path_factory.mktemp("prepared")
+    synth_acdc(str(base / "raw_acdc"), patients=5, seed=3, progress=False)
+    synth_mmwhs(str(base / "raw_mmwhs"), volumes=3, seed=3, progress=False)
+    prepare_acdc(str(base / "raw_acdc"), str(base / "acdc"), pixdim=4.0, spatial_size=64)
+    prepare_mmwhs(str(base / "raw_mmwhs"), str(base / "mmwhs"), pixdim=6.0, spatial_size=32)
+    return {"ideal_acdc": base / "acdc", "ideal_mmwhs": base / "mmwhs"}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_bundle_files(bundle):
+    root = REPO / "bundles" / bundle
+    for rel in ["LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt"]:
+        assert (root / rel).is_file(), f"{bundle}: {rel} is missing"
+    for name in ["pretrain", "pretrain_global", "train", "train_supervised", "evaluate", "inference", "multi_gpu_train"]:
+        json.loads((root / "configs" / f"{name}.json").read_text())
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_verify_metadata_offline(bundle):
+    meta = REPO / "bundles" / bundle / "configs" / "metadata.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(SCHEMA)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize(
+    "names, workflow_type",
+    [
+        (("pretrain.json",), "train"),
+        (("pretrain.json", "pretrain_global.json"), "train"),
+        (("train.json",), "train"),
+        (("train.json", "train_supervised.json"), "train"),
+        (("train.json", "evaluate.json"), "train"),
+        (("inference.json",), "infer"),
+    ],
+)
+def test_check_properties(bundle, names, workflow_type, tmp_path, prepared):
+    data = prepared[bundle] if workflow_type == "train" else prepared[bundle] / "imagesTr"
+    wf = workflow(bundle, names, workflow_type, tmp_path, backbone="resnet10", dataset_dir=str(data))
+    wf.initialize()
+    assert wf.check_properties() == []
+
+
+def _structure(obj, path=""):
+    """Ids and `_target_`s of a config, with the dataset-specific values left out."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out[k] = "<dataset specific>" if k in DATASET_SPECIFIC and path.count("#") < 1 else _structure(v, f"{path}#{k}")
+        return out
+    if isinstance(obj, list):
+        return [_structure(v, path) for v in obj]
+    return obj
+
+
+@pytest.mark.parametrize(
+    "name", ["pretrain", "pretrain_global", "train", "train_supervised", "evaluate", "multi_gpu_train"]
+)
+def test_bundles_differ_in_data_only(name):
+    acdc, mmwhs = (json.loads((REPO / "bundles" / b / "configs" / f"{name}.json").read_text()) for b in BUNDLES)
+    assert _structure(acdc) == _structure(mmwhs)
+
+
+def test_inference_configs_differ_in_orientation_only():
+    acdc, mmwhs = (json.loads((REPO / "bundles" / b / "configs" / "inference.json").read_text()) for b in BUNDLES)
+    orient = [t["_target_"] for t in acdc["preprocessing"]["transforms"]][2], [
+        t["_target_"] for t in mmwhs["preprocessing"]["transforms"]
+    ][2]
+    assert orient == ("ideal_components.data.preprocessing.OrientSliceAxisLastd", "Orientationd")
+    for c in (acdc, mmwhs):
+        c["preprocessing"]["transforms"].pop(2)
+    assert _structure(acdc) == _structure(mmwhs)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_verify_net_in_out(bundle):
+    root = REPO / "bundles" / bundle / "configs"
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def"]
+    cmd += ["--meta_file", str(root / "metadata.json"), "--config_file", str(root / "inference.json")]
+    cmd += ["--backbone", "resnet10", "--n", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end: phantoms -> prepare -> pretrain -> train -> evaluate -> inference -> TorchScript export
+
+TINY = ["--backbone", "resnet10", "--num_workers", "0", "--spatial_size", "[64,64]", "--batch_size", "4"]
+
+
+def run_bundle(bundle: str, names: list[str], bundle_root: Path, *args: str) -> str:
+    root = REPO / "bundles" / bundle / "configs"
+    files = "[" + ",".join(f"'{root / n}'" for n in names) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
+    cmd += ["--meta_file", str(root / "metadata.json"), "--logging_file", str(root / "logging.conf")]
+    cmd += ["--bundle_root", str(bundle_root), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(bundle_root.parent), timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{out[-6000:]}"
+    return out
+
+
+def _python(*args: str) -> None:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_acdc_end_to_end(tmp_path):
+    raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
+    _python("-m", "ideal_components", "synth_acdc", str(raw), "--patients", "8", "--seed", "1")
+    _python("-m", "ideal_components", "prepare_acdc", str(raw), str(prepared), "--pixdim", "4.0", "--spatial_size", "64")
+    data = ["--dataset_dir", str(prepared)]
+    run_bundle("ideal_acdc", ["pretrain.json"], run, *TINY, *data, "--max_epochs", "1")
+    encoder = run / "models" / "pretrained_encoder.pt"
+    assert encoder.is_file()
+
+    out = run_bundle("ideal_acdc", ["train.json"], run, *TINY, *data, "--max_epochs", "2", "--val_interval", "1")
+    assert "loaded pretrained encoder weights" in out
+    model_pt = run / "models" / "model.pt"
+    state = torch.load(model_pt, map_location="cpu", weights_only=True)
+    from monai.networks.nets import FlexibleUNet
+
+    FlexibleUNet(1, 4, backbone="resnet10", spatial_dims=2, upsample="deconv").load_state_dict(state, strict=True)
+    assert list((run / "models").glob("train_checkpoint_epoch=2.pt")), "full training checkpoint missing"
+    assert list((run / "logs" / "train").glob("events.out.tfevents.*")), "TensorBoard log missing"
+
+    out = run_bundle("ideal_acdc", ["train.json", "evaluate.json"], run, *TINY, *data)
+    eval_dir = run / "eval"
+    summary = json.loads((eval_dir / "metrics_summary.json").read_text())
+    n_test = len(json.loads((prepared / "datalist.json").read_text())["test"])
+    assert len((eval_dir / "metrics_per_volume.csv").read_text().strip().splitlines()) == 1 + 3 * n_test
+    assert 0.0 <= summary["metrics"]["dice"]["mean"] <= 1.0
+    assert len(list((eval_dir / "predictions").glob("*_seg.nii.gz"))) == n_test
+    assert (eval_dir / "report.md").is_file() and len(list((eval_dir / "overlays").glob("*.png"))) == n_test
+    assert "DSC" in out
+
+    # inference on a raw volume: the output is in the input's own geometry
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    src = raw / "training" / "patient003" / "patient003_frame01.nii.gz"
+    (inputs / src.name).write_bytes(src.read_bytes())
+    run_bundle("ideal_acdc", ["inference.json"], run, *TINY, "--dataset_dir", str(inputs), "--pixdim", "[4.0,4.0,-1]")
+    seg = nib.load(str(run / "predictions" / "patient003_frame01_seg.nii.gz"))
+    img = nib.load(str(src))
+    assert seg.shape == img.shape
+    np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    assert (inputs / src.name).read_bytes() == src.read_bytes()
+
+    # the model zoo's TorchScript export of model.pt
+    ts = tmp_path / "model.ts"
+    root = REPO / "bundles" / "ideal_acdc" / "configs"
+    cmd = ["-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(model_pt)]
+    cmd += ["--meta_file", str(root / "metadata.json"), "--config_file", str(root / "inference.json")]
+    _python(*cmd, "--backbone", "resnet10")
+    scripted = torch.jit.load(str(ts))
+    assert scripted(torch.rand(1, 1, 64, 64)).shape == (1, 4, 64, 64)
+
+
+@pytest.mark.slow
+def test_mmwhs_train_and_infer(tmp_path):
+    raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
+    _python("-m", "ideal_components", "synth_mmwhs", str(raw), "--volumes", "5", "--seed", "2")
+    _python("-m", "ideal_components", "prepare_mmwhs", str(raw), str(prepared), "--pixdim", "6.0", "--spatial_size", "32")
+    tiny = [*TINY[:4], "--spatial_size", "[32,32]", "--batch_size", "4", "--dataset_dir", str(prepared)]
+    run_bundle("ideal_mmwhs", ["train.json"], run, *tiny, "--max_epochs", "1", "--use_pretrained", "False")
+    assert (run / "models" / "model.pt").is_file()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    src = sorted(raw.glob("mr_train_*_image.nii.gz"))[0]
+    (inputs / src.name).write_bytes(src.read_bytes())
+    run_bundle("ideal_mmwhs", ["inference.json"], run, *tiny[:-2], "--dataset_dir", str(inputs), "--pixdim", "[6.0,6.0,-1]")
+    seg = nib.load(str(run / "predictions" / src.name.replace(".nii.gz", "_seg.nii.gz")))
+    img = nib.load(str(src))
+    assert seg.shape == img.shape
+    np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(8))
