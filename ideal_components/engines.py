@@ -39,7 +39,14 @@ else:
     Metric, _ = optional_import("ignite.metrics", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Metric")
     EventEnum, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "EventEnum")
 
-__all__ = ["ContrastivePretrainTrainer", "CrossPseudoLabelTrainer", "unwrap_network", "default_forward_both"]
+__all__ = [
+    "ContrastivePretrainTrainer",
+    "CrossPseudoLabelTrainer",
+    "unwrap_network",
+    "default_forward_both",
+    "shift_image",
+    "overlapping_features",
+]
 
 
 def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
@@ -184,6 +191,49 @@ class _NullContext:
         return None
 
 
+def _draw_shift(max_shift: int, device: torch.device) -> tuple[int, int]:
+    """A random ``(dy, dx)`` in ``[-max_shift, max_shift]`` feature cells (the global torch RNG: seeded by
+    ``monai.utils.set_determinism``)."""
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2,)).tolist()
+    return int(dy), int(dx)
+
+
+def shift_image(x: torch.Tensor, shift: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    """Translate a batch of 2D images by ``shift`` feature cells of size ``stride`` pixels, filling with zeros.
+
+    Content at pixel ``(y, x)`` moves to ``(y + dy * sy, x + dx * sx)``, so the feature at cell ``(i, j)`` of the
+    original corresponds to cell ``(i + dy, j + dx)`` of the shifted image.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        shift: ``(dy, dx)`` in feature cells.
+        stride: the feature map's stride ``(sy, sx)`` in pixels.
+    """
+    py, px = shift[0] * stride[0], shift[1] * stride[1]
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    out[..., max(py, 0) : h + min(py, 0), max(px, 0) : w + min(px, 0)] = x[
+        ..., max(-py, 0) : h - max(py, 0), max(-px, 0) : w - max(px, 0)
+    ]
+    return out
+
+
+def overlapping_features(q: torch.Tensor, k: torch.Tensor, shift: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corresponding cells of query maps ``q`` and key maps ``k`` of views shifted by ``shift`` cells.
+
+    ``q[..., i, j]`` corresponds to ``k[..., i + dy, j + dx]``; returns both maps cropped to the overlap so that
+    location ``n`` of the two outputs corresponds (what :class:`~ideal_components.losses.LocalContrastiveLoss`
+    expects).
+    """
+    dy, dx = shift
+    if (dy, dx) == (0, 0):
+        return q, k
+    h, w = q.shape[-2:]
+    q = q[..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    k = k[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
+    return q, k
+
+
 class ContrastivePretrainTrainer(_TwoStageTrainerBase):
     """Contrastive pre-training on two views of each image, with an optional momentum key encoder.
 
@@ -228,6 +278,10 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
         amp_kwargs: ``torch.autocast`` arguments (e.g. ``{"dtype": torch.bfloat16}``).
         accumulation_steps: gradient accumulation as in SupervisedTrainer (the momentum update follows each step).
         view_keys: the batch keys of the two views.
+        max_shift: translate the key view by a random whole number of feature cells in ``[-max_shift, max_shift]``
+            (per iteration, both axes, zero fill) and compare only the overlapping cells. With views of identical
+            geometry a network can match location *i* to location *i* from position alone (padding makes absolute
+            position visible); the shift removes that shortcut while keeping exact correspondences. ``0``: off.
 
     Raises:
         ValueError: the network has no ``forward_key``; a view key is missing from a batch.
@@ -269,8 +323,11 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
         amp_kwargs: dict | None = None,
         accumulation_steps: int = 1,
         view_keys: Sequence[str] = ("image", "image_view2"),
+        max_shift: int = 0,
     ) -> None:
         view_keys = tuple(view_keys)
+        if int(max_shift) < 0:
+            raise ValueError(f"max_shift must be >= 0 feature cells, got {max_shift}.")
         if len(view_keys) != 2:
             raise ValueError(f"view_keys must name exactly two batch keys, got {view_keys}.")
         if not callable(getattr(unwrap_network(network), "forward_key", None)):
@@ -306,6 +363,7 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
             accumulation_steps=accumulation_steps,
         )
         self.view_keys = view_keys
+        self.max_shift = int(max_shift)
         self.custom_prepare_batch = prepare_batch is not None
         self._init_common(train_data_loader)
 
@@ -349,8 +407,12 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
 
         with engine._autocast(engine):
             q = engine.network(x1)
+            limit = min(engine.max_shift, q.shape[-2] - 1, q.shape[-1] - 1)
+            shift = _draw_shift(limit, x1.device) if limit > 0 else (0, 0)
+            stride = (x1.shape[-2] // q.shape[-2], x1.shape[-1] // q.shape[-1])
             with torch.no_grad():
-                k = bare.forward_key(x2)
+                k = bare.forward_key(shift_image(x2, shift, stride) if shift != (0, 0) else x2)
+            q, k = overlapping_features(q, k, shift)
             engine.state.output[Keys.PRED] = q
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             result = engine.loss_function(q, k.detach())

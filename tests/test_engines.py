@@ -277,15 +277,32 @@ class _BranchNet(TwoBranchFlexibleUNet):
         return self.forward_both(x) if branch == "both" else super().forward(x)
 
 
+class _NoBranchNet(torch.nn.Module):
+    """A two-branch network whose forward has no ``branch`` argument (only ``forward_both``)."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = torch.nn.Conv2d(1, 1, 1)
+
+    def forward(self, x):
+        return self.body(x)
+
+    def forward_both(self, x):
+        return self.body(x), self.body(x)
+
+
 def test_forward_both_under_ddp(tmp_path):
     if not dist.is_available():
         pytest.skip("torch.distributed unavailable")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         x = torch.rand(2, 1, SIZE, SIZE)
-        plain = torch.nn.parallel.DistributedDataParallel(_seg_net())
+        plain = torch.nn.parallel.DistributedDataParallel(_NoBranchNet(torch.nn.Identity()))
         with pytest.raises(ValueError, match="bypass"):
             default_forward_both(plain, x)
+        real = torch.nn.parallel.DistributedDataParallel(_seg_net())  # TwoBranchFlexibleUNet has forward(x, branch)
+        a, b = default_forward_both(real, x)
+        assert a.shape == b.shape
         net = _BranchNet(in_channels=1, out_channels=3, backbone="resnet10", decoder_channels=(32, 16, 16, 8, 8))
         ddp = torch.nn.parallel.DistributedDataParallel(net)
         a, b = default_forward_both(ddp, x)
@@ -322,3 +339,55 @@ def test_amp_on_cpu_does_not_crash():
     )  # fmt: skip
     trainer.run()
     assert np.isfinite(float(_out(trainer.state.output)["loss"]))
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (1, -2), (-3, 1), (2, 2)])
+def test_shifted_views_correspond_on_the_overlap(shift):
+    from ideal_components.engines import overlapping_features, shift_image
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 48)
+    stride = (8, 8)
+    features = torch.nn.AvgPool2d(8)  # translation-equivariant for shifts by whole cells
+    q, k = overlapping_features(features(x), features(shift_image(x, shift, stride)), shift)
+    h, w = 8 - abs(shift[0]), 6 - abs(shift[1])
+    assert q.shape == k.shape == (2, 3, h, w)
+    torch.testing.assert_close(q, k)
+    if shift != (0, 0):  # without the crop, the maps do not correspond
+        assert not torch.allclose(features(x), features(shift_image(x, shift, stride)))
+
+
+def test_pretrain_with_shift_runs_and_lowers_loss():
+    from ideal_components.engines import ContrastivePretrainTrainer
+    from ideal_components.losses import LocalContrastiveLoss
+    from ideal_components.networks import DenseContrastiveNet
+
+    torch.manual_seed(0)
+    net = DenseContrastiveNet(backbone="resnet10", feature_level=-2, head_out_channels=16, momentum=0.0)
+    x = torch.rand(8, 1, 64, 64)
+    data = [{"image": x[i : i + 4], "image_view2": (x[i : i + 4] * 0.9 + 0.05)} for i in (0, 4)] * 6
+    losses = []
+    trainer = ContrastivePretrainTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3),
+        loss_function=LocalContrastiveLoss(temperature=0.2),
+        max_shift=1,
+        decollate=False,
+    )
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.run()
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    with pytest.raises(ValueError, match="max_shift"):
+        ContrastivePretrainTrainer(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            train_data_loader=data,
+            network=net,
+            optimizer=torch.optim.Adam(net.parameters()),
+            loss_function=LocalContrastiveLoss(),
+            max_shift=-1,
+        )
