@@ -351,9 +351,10 @@ class CrossPseudoLabelLoss(_Loss):
         return self.unlabeled_weight * sigmoid_rampup(epoch, self.rampup_epochs)
 
     @staticmethod
-    def _ce_mean(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """CE summed over the non-ignored pixels divided by their count (exact 0, still in the graph, if none)."""
-        total = F.cross_entropy(logits, target, ignore_index=_IGNORE_INDEX, reduction="sum")
+    def _ce_mean(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """CE (from log-probabilities) summed over the non-ignored pixels divided by their count (exact 0, still in
+        the graph, if none)."""
+        total = F.nll_loss(log_probs, target, ignore_index=_IGNORE_INDEX, reduction="sum")
         return total / (target != _IGNORE_INDEX).sum().clamp_min(1)
 
     def _validate(
@@ -437,17 +438,25 @@ class CrossPseudoLabelLoss(_Loss):
         sup_mask = flags.view(-1, *spatial).expand_as(lab)
         with torch.autocast(device_type=logits_a.device.type, enabled=False):
             la, lb = _float32(logits_a), _float32(logits_b)
+            # one log-softmax per branch serves both CE terms and the pseudo-labels (the supervised and the
+            # pseudo-label pixels are disjoint, so each term reads its own pixels of the same log-probabilities)
+            logp_a, logp_b = F.log_softmax(la, dim=1), F.log_softmax(lb, dim=1)
             ignore = torch.full_like(lab, _IGNORE_INDEX)
             sup_target = torch.where(sup_mask, lab, ignore)
-            supervised = self._ce_mean(la, sup_target) + self._ce_mean(lb, sup_target)
+            supervised = self._ce_mean(logp_a, sup_target) + self._ce_mean(logp_b, sup_target)
 
             with torch.no_grad():
-                conf_a, y_a = torch.softmax(la, dim=1).max(dim=1)
-                conf_b, y_b = torch.softmax(lb, dim=1).max(dim=1)
+                log_conf_a, y_a = logp_a.max(dim=1)
+                log_conf_b, y_b = logp_b.max(dim=1)
                 unl = ~sup_mask
-                target_for_b = torch.where(unl & (conf_a >= self.confidence_threshold), y_a, ignore)
-                target_for_a = torch.where(unl & (conf_b >= self.confidence_threshold), y_b, ignore)
-            cross_pseudo = self._ce_mean(la, target_for_a) + self._ce_mean(lb, target_for_b)
+                if self.confidence_threshold > 0:
+                    unl_a = unl & (log_conf_a.exp() >= self.confidence_threshold)
+                    unl_b = unl & (log_conf_b.exp() >= self.confidence_threshold)
+                else:
+                    unl_a = unl_b = unl
+                target_for_b = torch.where(unl_a, y_a, ignore)
+                target_for_a = torch.where(unl_b, y_b, ignore)
+            cross_pseudo = self._ce_mean(logp_a, target_for_a) + self._ce_mean(logp_b, target_for_b)
 
             loss = supervised + self.unlabeled_weight_at(epoch) * cross_pseudo
             out = {"supervised": supervised, "cross_pseudo": cross_pseudo}
