@@ -459,7 +459,8 @@ def save_encoder(network: nn.Module, path: str) -> str | None:
 
         net = DenseContrastiveNet(backbone="resnet10", momentum=0.0)
         save_encoder(net, "models/pretrained_encoder.pt")
-        load_pretrained_encoder(TwoBranchFlexibleUNet(out_channels=4, backbone="resnet10"), "models/pretrained_encoder.pt")
+        net2 = TwoBranchFlexibleUNet(out_channels=4, backbone="resnet10")
+        load_pretrained_encoder(net2, "models/pretrained_encoder.pt")
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +56,15 @@ def test_bundle_files(bundle):
     root = REPO / "bundles" / bundle
     for rel in ["LICENSE", "configs/metadata.json", "configs/logging.conf", "docs/README.md", "docs/data_license.txt"]:
         assert (root / rel).is_file(), f"{bundle}: {rel} is missing"
-    for name in ["pretrain", "pretrain_global", "train", "train_supervised", "evaluate", "inference", "multi_gpu_train"]:
+    for name in [
+        "pretrain",
+        "pretrain_global",
+        "train",
+        "train_supervised",
+        "evaluate",
+        "inference",
+        "multi_gpu_train",
+    ]:
         json.loads((root / "configs" / f"{name}.json").read_text())
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
@@ -89,7 +96,8 @@ def test_verify_metadata_offline(bundle):
 )
 def test_check_properties(bundle, names, workflow_type, tmp_path, prepared):
     data = prepared[bundle] if workflow_type == "train" else prepared[bundle] / "imagesTr"
-    wf = workflow(bundle, names, workflow_type, tmp_path, backbone="resnet10", dataset_dir=str(data))
+    override = {"use_pretrained": False} if workflow_type == "train" else {}
+    wf = workflow(bundle, names, workflow_type, tmp_path, backbone="resnet10", dataset_dir=str(data), **override)
     wf.initialize()
     assert wf.check_properties() == []
 
@@ -99,7 +107,9 @@ def _structure(obj, path=""):
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            out[k] = "<dataset specific>" if k in DATASET_SPECIFIC and path.count("#") < 1 else _structure(v, f"{path}#{k}")
+            out[k] = (
+                "<dataset specific>" if k in DATASET_SPECIFIC and path.count("#") < 1 else _structure(v, f"{path}#{k}")
+            )
         return out
     if isinstance(obj, list):
         return [_structure(v, path) for v in obj]
@@ -163,7 +173,9 @@ def _python(*args: str) -> None:
 def test_acdc_end_to_end(tmp_path):
     raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
     _python("-m", "ideal_components", "synth_acdc", str(raw), "--patients", "8", "--seed", "1")
-    _python("-m", "ideal_components", "prepare_acdc", str(raw), str(prepared), "--pixdim", "4.0", "--spatial_size", "64")
+    _python(
+        "-m", "ideal_components", "prepare_acdc", str(raw), str(prepared), "--pixdim", "4.0", "--spatial_size", "64"
+    )
     data = ["--dataset_dir", str(prepared)]
     run_bundle("ideal_acdc", ["pretrain.json"], run, *TINY, *data, "--max_epochs", "1")
     encoder = run / "models" / "pretrained_encoder.pt"
@@ -216,7 +228,9 @@ def test_acdc_end_to_end(tmp_path):
 def test_mmwhs_train_and_infer(tmp_path):
     raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
     _python("-m", "ideal_components", "synth_mmwhs", str(raw), "--volumes", "5", "--seed", "2")
-    _python("-m", "ideal_components", "prepare_mmwhs", str(raw), str(prepared), "--pixdim", "6.0", "--spatial_size", "32")
+    _python(
+        "-m", "ideal_components", "prepare_mmwhs", str(raw), str(prepared), "--pixdim", "6.0", "--spatial_size", "32"
+    )
     tiny = [*TINY[:4], "--spatial_size", "[32,32]", "--batch_size", "4", "--dataset_dir", str(prepared)]
     run_bundle("ideal_mmwhs", ["train.json"], run, *tiny, "--max_epochs", "1", "--use_pretrained", "False")
     assert (run / "models" / "model.pt").is_file()
@@ -224,7 +238,9 @@ def test_mmwhs_train_and_infer(tmp_path):
     inputs.mkdir()
     src = sorted(raw.glob("mr_train_*_image.nii.gz"))[0]
     (inputs / src.name).write_bytes(src.read_bytes())
-    run_bundle("ideal_mmwhs", ["inference.json"], run, *tiny[:-2], "--dataset_dir", str(inputs), "--pixdim", "[6.0,6.0,-1]")
+    run_bundle(
+        "ideal_mmwhs", ["inference.json"], run, *tiny[:-2], "--dataset_dir", str(inputs), "--pixdim", "[6.0,6.0,-1]"
+    )
     seg = nib.load(str(run / "predictions" / src.name.replace(".nii.gz", "_seg.nii.gz")))
     img = nib.load(str(src))
     assert seg.shape == img.shape
