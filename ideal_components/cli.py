@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "prepare_mmwhs": "ideal_components.data.mmwhs:prepare_mmwhs",
     "report": "ideal_components.report:report",
     "sweep": "ideal_components.sweep:sweep",
+    "package_bundle": "ideal_components.package:package_bundle",
 }
 
 

@@ -1,0 +1,214 @@
+"""Share a bundle the way the MONAI model zoo archives it: ``<name>_v<version>.zip`` with one top folder ``<name>/``.
+
+The archive holds an explicit allow-list of the bundle's files (``LICENSE``, ``configs/*``, ``docs/*``) plus a
+generated ``large_files.yml`` naming the weights (``models/model.pt``) with their URL and md5, as the zoo does for
+files too large to commit. Training outputs (``models/``, ``eval/``, ``logs/``, ``predictions/``), data and caches
+are never packed; the weights go into the archive only when asked for (``include_weights``, for an offline share).
+
+The archive is what ``python -m monai.bundle download`` expects: it unpacks into ``<bundle_dir>/<name>/``, also from
+a local ``file://`` URL::
+
+    python -m ideal_components package_bundle bundles/ideal_acdc --out dist --weights runs/acdc/models/model.pt \\
+        --url https://github.com/<owner>/<repo>/releases/download/v0.1.0/ideal_acdc_model.pt
+    python -m monai.bundle download --name ideal_acdc --url file://$PWD/dist/ideal_acdc_v0.1.0.zip --bundle_dir b
+    # then fetch the weights listed in large_files.yml (monai's reader of .yml files needs PyYAML):
+    python -m monai.bundle download_large_files --bundle_path b/ideal_acdc
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+__all__ = ["ALLOWED_DIRS", "ALLOWED_FILES", "WEIGHTS_PATH", "package_bundle", "large_files_yml", "md5sum"]
+
+#: top-level files of a bundle that go into the archive (everything else is left out)
+ALLOWED_FILES: tuple[str, ...] = ("LICENSE",)
+#: top-level folders of a bundle whose files go into the archive
+ALLOWED_DIRS: tuple[str, ...] = ("configs", "docs")
+#: where the weights live in a bundle (the zoo's "preferred" model file, loaded by ``inference.json``)
+WEIGHTS_PATH = "models/model.pt"
+
+_PLACEHOLDER_URL = "<publish models/model.pt (e.g. as a GitHub release asset) and put its download URL here>"
+# fixed member metadata so that the same inputs give a byte-identical archive
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_SKIPPED_NAMES = {"__pycache__", ".ipynb_checkpoints", ".DS_Store"}
+
+
+def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """The hex md5 digest of a file, read in chunks (the hash the model zoo's ``large_files.yml`` uses).
+
+    Args:
+        path: the file.
+        chunk_size: bytes read at a time.
+    """
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _yaml_str(value: str) -> str:
+    """A YAML double-quoted scalar (JSON strings are valid YAML double-quoted scalars)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def large_files_yml(path: str = WEIGHTS_PATH, url: str | None = None, hash_val: str | None = None) -> str:
+    """The text of a model-zoo ``large_files.yml`` with one entry (hand-written YAML: no PyYAML needed).
+
+    Args:
+        path: the file's path inside the bundle.
+        url: where the file is published; ``None`` writes a placeholder saying where to publish it.
+        hash_val: the file's md5; ``None`` writes an empty value (``download_large_files`` then skips the check).
+
+    Example::
+
+        >>> print(large_files_yml(url="https://example.org/model.pt", hash_val="0123"))
+        large_files:
+          - path: "models/model.pt"
+            url: "https://example.org/model.pt"
+            hash_val: "0123"
+            hash_type: "md5"
+        <BLANKLINE>
+    """
+    lines = [
+        "large_files:",
+        f"  - path: {_yaml_str(path)}",
+        f"    url: {_yaml_str(url or _PLACEHOLDER_URL)}",
+        f"    hash_val: {_yaml_str(hash_val or '')}",
+        f"    hash_type: {_yaml_str('md5')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _read_metadata(root: Path) -> dict:
+    """``configs/metadata.json`` of a bundle, checked the way the zoo's CI checks it (version in the changelog)."""
+    if not (root / "LICENSE").is_file():
+        raise FileNotFoundError(f"bundle {root}: LICENSE is missing (the model zoo requires one).")
+    meta_file = root / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"bundle {root}: configs/metadata.json is missing.")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    version = meta.get("version")
+    if not isinstance(version, str) or not version:
+        raise ValueError(f"{meta_file}: 'version' is missing or not a string.")
+    changelog = meta.get("changelog")
+    if not isinstance(changelog, dict) or version not in changelog:
+        raise ValueError(
+            f"{meta_file}: version {version!r} is not in its changelog ({sorted(changelog or {})}); "
+            "add a changelog entry for it."
+        )
+    return meta
+
+
+def _bundle_files(root: Path) -> list[str]:
+    """The allow-listed files of a bundle as sorted POSIX paths relative to ``root``."""
+    files = [name for name in ALLOWED_FILES if (root / name).is_file()]
+    for folder in ALLOWED_DIRS:
+        for dirpath, dirnames, filenames in os.walk(root / folder):
+            dirnames[:] = [d for d in dirnames if d not in _SKIPPED_NAMES and not d.startswith(".")]
+            for fname in filenames:
+                if fname in _SKIPPED_NAMES or fname.startswith(".") or fname.endswith((".pyc", ".pyo")):
+                    continue
+                full = Path(dirpath, fname)
+                if full.is_file():
+                    files.append(full.relative_to(root).as_posix())
+    return sorted(files)
+
+
+def _zip_info(arcname: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(arcname, date_time=_ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3  # unix, so that the permission bits below are honoured
+    info.external_attr = (0o100644 & 0xFFFF) << 16
+    return info
+
+
+def package_bundle(
+    bundle: str | os.PathLike,
+    out: str | os.PathLike = "dist",
+    weights: str | os.PathLike | None = None,
+    url: str | None = None,
+    include_weights: bool = False,
+) -> str:
+    """Archive a bundle as the MONAI model zoo does: ``<out>/<name>_v<version>.zip`` with one top folder ``<name>/``.
+
+    The bundle name is the folder name, the version is ``configs/metadata.json``'s ``version`` (which must be in its
+    ``changelog``). Only ``LICENSE``, ``configs/*`` and ``docs/*`` are packed (hidden files and caches skipped), plus
+    a generated ``large_files.yml`` listing ``models/model.pt`` with ``url`` and the md5 of ``weights``. Members are
+    sorted and carry fixed timestamps, so the same inputs give the same bytes; the archive is written to a
+    temporary file next to the target and moved into place with ``os.replace``.
+
+    Args:
+        bundle: the bundle folder (``bundles/ideal_acdc``).
+        out: the folder the archive is written into (created when missing).
+        weights: the trained weights (a state dict of ``network_def``, e.g. ``<run>/models/model.pt``). Its md5 goes
+            into ``large_files.yml``; without it ``hash_val`` is empty.
+        url: where the weights are (or will be) published; without it ``large_files.yml`` holds a placeholder.
+        include_weights: also pack ``weights`` as ``<name>/models/model.pt`` (an offline share; the zoo itself keeps
+            files over 25 MB out of the repository). ``large_files.yml`` still lists them with their md5, so
+            ``monai.bundle download_large_files`` finds the file present and skips it.
+
+    Returns:
+        the path of the archive.
+
+    Raises:
+        FileNotFoundError: when the bundle, its LICENSE, its metadata.json or ``weights`` is missing.
+        ValueError: when metadata's version is not in its changelog, or ``include_weights`` is set without weights.
+
+    Example::
+
+        python -m ideal_components package_bundle bundles/ideal_acdc --out dist --weights runs/acdc/models/model.pt
+        python -m monai.bundle download --name ideal_acdc --url file://$PWD/dist/ideal_acdc_v0.1.0.zip --bundle_dir b
+    """
+    root = Path(bundle).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"bundle folder {bundle} does not exist.")
+    name = root.name
+    meta = _read_metadata(root)
+    version = meta["version"]
+    weights_path = None if weights is None else Path(weights)
+    if weights_path is not None and not weights_path.is_file():
+        raise FileNotFoundError(f"weights file {weights} does not exist.")
+    if include_weights and weights_path is None:
+        raise ValueError("include_weights=True needs `weights` (the model.pt to pack).")
+    hash_val = None if weights_path is None else md5sum(weights_path)
+
+    members: list[tuple[str, Path | bytes]] = [(rel, root / rel) for rel in _bundle_files(root)]
+    members.append(("large_files.yml", large_files_yml(WEIGHTS_PATH, url=url, hash_val=hash_val).encode("utf-8")))
+    if include_weights and weights_path is not None:
+        members.append((WEIGHTS_PATH, weights_path))
+    members.sort(key=lambda m: m[0])
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}_v{version}.zip"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(out_dir))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w") as zf:
+                for rel, src in members:
+                    info = _zip_info(f"{name}/{rel}")
+                    if isinstance(src, bytes):
+                        zf.writestr(info, src)
+                    else:
+                        info.file_size = src.stat().st_size  # lets zipfile switch to zip64 for huge weights
+                        with open(src, "rb") as fin, zf.open(info, "w") as fout:
+                            for chunk in iter(lambda: fin.read(1 << 20), b""):
+                                fout.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the archive the usual permissions
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return str(target)
