@@ -407,7 +407,8 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
 
         with engine._autocast(engine):
             q = engine.network(x1)
-            limit = min(engine.max_shift, q.shape[-2] - 1, q.shape[-1] - 1)
+            # keep at least half of each axis overlapping (a 2x2 map is never shifted)
+            limit = min(engine.max_shift, (min(q.shape[-2:]) - 1) // 2)
             shift = _draw_shift(limit, x1.device) if limit > 0 else (0, 0)
             stride = (x1.shape[-2] // q.shape[-2], x1.shape[-1] // q.shape[-1])
             with torch.no_grad():

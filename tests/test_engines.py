@@ -391,3 +391,25 @@ def test_pretrain_with_shift_runs_and_lowers_loss():
             loss_function=LocalContrastiveLoss(),
             max_shift=-1,
         )
+
+
+def test_pretrain_shift_is_limited_on_tiny_maps():
+    from ideal_components.engines import ContrastivePretrainTrainer
+    from ideal_components.losses import LocalContrastiveLoss
+    from ideal_components.networks import DenseContrastiveNet
+
+    torch.manual_seed(0)
+    net = DenseContrastiveNet(backbone="resnet10", head_out_channels=8, momentum=0.0)  # 2x2 map at 64x64
+    x = torch.rand(4, 1, 64, 64)
+    trainer = ContrastivePretrainTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[{"image": x, "image_view2": x}] * 5,
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3),
+        loss_function=LocalContrastiveLoss(),
+        max_shift=3,
+        decollate=False,
+    )
+    trainer.run()  # a shift on a 2x2 map would leave a single location and no negative
+    assert np.isfinite(float(trainer.state.output["loss"]))
