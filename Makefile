@@ -37,7 +37,7 @@ DEMO_DIR ?= demo_output
 DEMO_PATIENTS ?= 20
 DEMO_FRACTION ?= 10
 DEMO_PRETRAIN_EPOCHS ?= 10
-DEMO_EPOCHS ?= 20
+DEMO_EPOCHS ?= 8
 DEMO_BUNDLE := bundles/ideal_acdc
 DEMO_RUN = $(PY) -m monai.bundle run --meta_file $(DEMO_BUNDLE)/configs/metadata.json \
 	--logging_file $(DEMO_BUNDLE)/configs/logging.conf --bundle_root $(DEMO_DIR)/bundle \
@@ -45,6 +45,7 @@ DEMO_RUN = $(PY) -m monai.bundle run --meta_file $(DEMO_BUNDLE)/configs/metadata
 # resnet18 on a 2 mm / 128x128 grid and lr 1e-3 so that it fits a 2-core CPU; the bundle defaults are the paper's
 # (resnet50, 1.367 mm / 192x192, lr 1e-5)
 DEMO_OVERRIDES = --backbone resnet18 --spatial_size "[128,128]" --learning_rate 1e-3 --num_workers 0 --seed 0
+DEMO_TRAIN_OVERRIDES = --dice_weight 1.0
 
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
@@ -53,7 +54,7 @@ demo: $(STAMP)
 	$(DEMO_RUN) --config_file $(DEMO_BUNDLE)/configs/pretrain.json $(DEMO_OVERRIDES) \
 		--max_epochs $(DEMO_PRETRAIN_EPOCHS)
 	$(DEMO_RUN) --config_file $(DEMO_BUNDLE)/configs/train.json $(DEMO_OVERRIDES) \
-		--label_fraction $(DEMO_FRACTION) --max_epochs $(DEMO_EPOCHS) --val_interval 2
+		$(DEMO_TRAIN_OVERRIDES) --label_fraction $(DEMO_FRACTION) --max_epochs $(DEMO_EPOCHS) --val_interval 2
 	$(DEMO_RUN) --config_file "['$(DEMO_BUNDLE)/configs/train.json','$(DEMO_BUNDLE)/configs/evaluate.json']" \
 		$(DEMO_OVERRIDES) --use_pretrained False
 	@echo
