@@ -40,7 +40,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -49,6 +48,8 @@ import numpy as np
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 from scipy.ndimage import binary_erosion, distance_transform_edt, find_objects, generate_binary_structure
+
+from ideal_components.utils import atomic_write_text
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -473,23 +474,6 @@ def aggregate(
 # ----------------------------------------------------------------------------------------------------------------
 # ignite handler
 # ----------------------------------------------------------------------------------------------------------------
-def _atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and move it into place with ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _volume_id(filename: Any) -> str:
     base = os.path.basename(str(filename))
     for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz", ".gz"):
@@ -705,9 +689,9 @@ class VolumeMetricsWriter:
         self.summary = summary
         engine.state.metrics[self.metric_name] = summary["metrics"]["dice"]["mean"]
         if is_writer:
-            _atomic_write_text(os.path.join(self.output_dir, self.csv_name), self.csv_text(rows))
+            atomic_write_text(os.path.join(self.output_dir, self.csv_name), self.csv_text(rows))
             text = json.dumps(summary, indent=2, allow_nan=False)
-            _atomic_write_text(os.path.join(self.output_dir, self.summary_name), text + "\n")
+            atomic_write_text(os.path.join(self.output_dir, self.summary_name), text + "\n")
 
     def __call__(self, engine: Engine) -> None:
         """Alias of :meth:`epoch_completed`, for ``engine.add_event_handler(Events.EPOCH_COMPLETED, writer)``."""

@@ -27,6 +27,8 @@ from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE, SegmentationHead, UNetDecoder
 from torch import nn
 
+from ideal_components.utils import atomic_path
+
 __all__ = [
     "DenseProjectionHead",
     "TwoBranchFlexibleUNet",
@@ -468,15 +470,8 @@ def save_encoder(network: nn.Module, path: str) -> str | None:
     encoder = getattr(bare, "encoder", None)
     if not isinstance(encoder, nn.Module):
         raise ValueError(f"{type(bare).__name__} has no `encoder` module to save.")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     logger.info("saved the encoder (%s) to %s", type(encoder).__name__, path)
     return path
 

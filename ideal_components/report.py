@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ideal_components.metrics import METRIC_NAMES, aggregate
+from ideal_components.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "METRIC_LABELS",
@@ -118,27 +118,6 @@ def _to_ascii(text: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and move it into place with ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> None:
     import matplotlib.pyplot as plt
 
@@ -147,7 +126,7 @@ def _save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> None:
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _pyplot() -> Any:
@@ -900,8 +879,8 @@ def report(
 
     targets = [(Path(out), runs)] if out is not None else [(Path(r["out_dir"]), [r]) for r in runs]
     for folder, group in targets:
-        _atomic_write_text(folder / "report.md", markdown_report(rel(group, folder), title=title, paper=paper))
-        _atomic_write_text(folder / "summary.csv", summary_csv(group))
+        atomic_write_text(folder / "report.md", markdown_report(rel(group, folder), title=title, paper=paper))
+        atomic_write_text(folder / "summary.csv", summary_csv(group))
         files += [str(folder / "report.md"), str(folder / "summary.csv")]
     base = Path(out) if out is not None else Path.cwd()
     markdown = markdown_report(rel(runs, base), title=title, paper=paper)

@@ -57,7 +57,8 @@ from typing import Any
 import numpy as np
 
 from ideal_components.metrics import METRIC_NAMES
-from ideal_components.report import PAPER_RESULTS, ReportResult, _atomic_write_text, _fmt, _read_json
+from ideal_components.report import PAPER_RESULTS, ReportResult, _fmt, _read_json
+from ideal_components.utils import atomic_write_text
 
 __all__ = [
     "METHODS",
@@ -742,8 +743,8 @@ def write_results(plan: SweepPlan, title: str | None = None) -> tuple[str, str]:
     rows = collect_results(plan.out, plan.methods, plan.fractions, plan.seeds, plan.dataset)
     dataset = (plan.dataset or Path(plan.settings["bundle"]).name).upper()
     md = results_markdown(rows, title=title or f"{dataset} label-fraction sweep")
-    _atomic_write_text(plan.results_md, md)
-    _atomic_write_text(plan.results_csv, results_csv(rows))
+    atomic_write_text(plan.results_md, md)
+    atomic_write_text(plan.results_csv, results_csv(rows))
     return md, plan.results_md
 
 
@@ -831,7 +832,7 @@ def _run_step(step: SweepStep) -> float:
         if "pretrained_encoder" in " ".join(step.command):
             if "loaded pretrained encoder weights" not in _tail(step.log, 10**6):
                 print(f"warning: {step.log} does not report 'loaded pretrained encoder weights'.", flush=True)
-        _atomic_write_text(step.done_file, json.dumps({"finished": _now(), "seconds": round(seconds, 1)}) + "\n")
+        atomic_write_text(step.done_file, json.dumps({"finished": _now(), "seconds": round(seconds, 1)}) + "\n")
     if step.kind == "evaluate" and not os.path.isfile(step.done_file):
         raise SweepStepError(f"sweep step {step.key} ended without writing {step.done_file}; log {step.log}.")
     return seconds
@@ -928,7 +929,7 @@ def sweep(
 
     def save() -> None:
         record["updated"] = _now()
-        _atomic_write_text(out_dir / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(out_dir / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
 
     save()
     pending = plan.pending()

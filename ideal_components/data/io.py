@@ -9,13 +9,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
+
+from ideal_components.utils import atomic_path, atomic_write_text
 
 __all__ = ["DataError", "load_nifti", "check_pair", "atomic_write_nifti", "atomic_write_json", "AFFINE_RTOL"]
 
@@ -120,13 +121,6 @@ def check_pair(
         )
 
 
-def _temp_path(path: Path) -> Path:
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=str(path.parent))
-    os.close(fd)
-    return Path(tmp)
-
-
 def atomic_write_nifti(img: nib.spatialimages.SpatialImage, path: str | os.PathLike) -> None:
     """Write a nibabel image so that ``path`` is either absent or complete (temporary file + ``os.replace``).
 
@@ -138,15 +132,8 @@ def atomic_write_nifti(img: nib.spatialimages.SpatialImage, path: str | os.PathL
 
         atomic_write_nifti(nib.Nifti1Image(data, affine), "out/imagesTr/patient001_ED.nii.gz")
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
@@ -160,14 +147,4 @@ def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
 
         atomic_write_json({"training": []}, "out/datalist.json")
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

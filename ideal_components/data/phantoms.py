@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from ideal_components.utils import atomic_path, atomic_write_text
 
 __all__ = [
     "ACDC_GROUPS",
@@ -149,27 +150,8 @@ def _nifti(data: np.ndarray, affine: np.ndarray, zooms: Sequence[float] | None =
 
 
 def _atomic_save(img: nib.Nifti1Image, path: str) -> None:
-    """Save to a temporary name in the target folder, then ``os.replace`` it into place."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:12]}-{name}")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(text: str, path: str) -> None:
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex[:12]}-{name}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _refuse_existing(paths: Sequence[str]) -> None:
@@ -595,7 +577,7 @@ def synth_acdc(
             f"ED: 1\nES: {p['es']}\nGroup: {p['group']}\nHeight: {p['height']:.1f}\n"
             f"NbFrame: {p['nb_frame']}\nWeight: {p['weight']:.1f}\n"
         )
-        _atomic_write_text(cfg, paths["cfg"])
+        atomic_write_text(paths["cfg"], cfg)
     return out
 
 

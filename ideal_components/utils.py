@@ -1,0 +1,59 @@
+"""Small shared helpers: atomic file writing.
+
+Every output of the package (prepared volumes, datalists, metrics, reports, phantoms, encoders) is written to a
+temporary file in the destination folder and moved into place with ``os.replace``, so a file is either absent or
+complete, never truncated by a crash or a kill.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path next to ``path`` that replaces ``path`` when the ``with`` block succeeds.
+
+    The temporary name ends with the destination's suffixes (``.nii.gz``, ``.json``, ...) so that writers that
+    choose a format from the file name (nibabel, torch, matplotlib) behave as for ``path``. The destination folder is
+    created. On an exception the temporary file is removed and ``path`` is left untouched.
+
+    Args:
+        path: the destination file.
+
+    Example::
+
+        with atomic_path("out/datalist.json") as tmp:
+            with open(tmp, "w") as f:
+                json.dump(datalist, f)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=str(path.parent))
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (flushed to disk before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
