@@ -56,7 +56,7 @@ demo: $(STAMP)
 	$(DEMO_RUN) --config_file $(DEMO_BUNDLE)/configs/train.json $(DEMO_OVERRIDES) \
 		$(DEMO_TRAIN_OVERRIDES) --label_fraction $(DEMO_FRACTION) --max_epochs $(DEMO_EPOCHS) --val_interval 2
 	$(DEMO_RUN) --config_file "['$(DEMO_BUNDLE)/configs/train.json','$(DEMO_BUNDLE)/configs/evaluate.json']" \
-		$(DEMO_OVERRIDES) --use_pretrained False
+		$(DEMO_OVERRIDES)
 	@echo
 	@echo "Metrics per volume: $(DEMO_DIR)/bundle/eval/metrics_per_volume.csv"
 	@echo "Overlay pictures:   $(DEMO_DIR)/bundle/eval/overlays/"

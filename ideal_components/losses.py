@@ -71,6 +71,15 @@ def sigmoid_rampup(current: float | None, rampup_length: float) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply a :class:`~monai.utils.LossReduction` (``"mean"``, ``"sum"`` or ``"none"``) to per-sample losses."""
+    if reduction == LossReduction.MEAN.value:
+        return values.mean()
+    if reduction == LossReduction.SUM.value:
+        return values.sum()
+    return values
+
+
 class LocalContrastiveLoss(_Loss):
     """Dense local contrastive loss ``L_loc`` of IDEAL (an InfoNCE loss at every spatial location).
 
@@ -213,11 +222,7 @@ class LocalContrastiveLoss(_Loss):
                 flat_t = logits.transpose(-1, -2).reshape(-1, rows)
                 loss = 0.5 * (loss + F.cross_entropy(flat_t, target, reduction="none"))
             per_image = loss.view(b, n).mean(dim=1)
-        if self.reduction == LossReduction.MEAN.value:
-            return per_image.mean()
-        if self.reduction == LossReduction.SUM.value:
-            return per_image.sum()
-        return per_image
+        return _reduce(per_image, self.reduction)
 
 
 class GlobalContrastiveLoss(_Loss):
@@ -276,11 +281,7 @@ class GlobalContrastiveLoss(_Loss):
             logits = logits.masked_fill(eye, float("-inf"))
             target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
             loss = F.cross_entropy(logits, target, reduction="none")
-        if self.reduction == LossReduction.MEAN.value:
-            return loss.mean()
-        if self.reduction == LossReduction.SUM.value:
-            return loss.sum()
-        return loss
+        return _reduce(loss, self.reduction)
 
 
 class CrossPseudoLabelLoss(_Loss):
