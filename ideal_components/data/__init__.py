@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = ("acdc", "io", "mmwhs", "phantoms", "prepare", "preprocessing", "sampler", "slices", "splits")
+_SUBMODULES = ("acdc", "checks", "io", "mmwhs", "phantoms", "prepare", "preprocessing", "sampler", "slices", "splits")
 
 
 def __getattr__(name: str) -> Any:

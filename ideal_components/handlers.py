@@ -1,0 +1,319 @@
+"""Ignite handlers that make long runs survive: atomic checkpoints, resuming, and per-epoch seeding.
+
+- :class:`AtomicCheckpointSaver` is MONAI's :class:`~monai.handlers.CheckpointSaver` whose files are written to a
+  temporary file, flushed to disk and moved into place, so a kill during a save leaves the previous checkpoint and
+  never a truncated one. It also records, inside every interval checkpoint, which files it manages, so a resumed run
+  keeps rotating them (``n_saved``) and keeps the best key-metric model instead of overwriting it with a worse one.
+- :class:`CheckpointResumer` loads, at ``Events.STARTED``, the newest interval checkpoint that loads
+  (``torch.load(weights_only=True)``) into the networks, optimiser and engine, so ``trainer.run()`` continues from the
+  end of that epoch.
+- :class:`EpochSeedHandler` reseeds every random number generator (torch, numpy, random, the dataset's random
+  transforms, hence the data-loader workers) at the start of every epoch from ``(seed, epoch, rank)``. An epoch's
+  randomness then depends on its number only, which is what makes a resumed run end with the same weights as an
+  uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import random
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+from ignite.handlers.checkpoint import BaseSaveHandler
+from monai.data.utils import set_rnd
+from monai.handlers import CheckpointSaver
+
+from ideal_components.utils import atomic_path
+
+__all__ = [
+    "AtomicDiskSaver",
+    "AtomicCheckpointSaver",
+    "find_latest_checkpoint",
+    "CheckpointResumer",
+    "EpochSeedHandler",
+    "NullSummaryWriter",
+]
+
+_LOGGER = logging.getLogger(__name__)
+_INTERVAL_NAME = re.compile(r"_checkpoint_(epoch|iteration)=(\d+)\.pt$")
+
+
+def _is_rank_zero() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
+class AtomicDiskSaver(BaseSaveHandler):
+    """Ignite save handler that writes ``torch.save`` output atomically (temporary file, fsync, ``os.replace``).
+
+    Args:
+        dirname: the folder of the checkpoints (created).
+        filename: a fixed file name used instead of the one ignite proposes (MONAI's ``key_metric_filename``).
+    """
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        self.dirname = str(dirname)
+        self.filename = filename
+        os.makedirs(self.dirname, exist_ok=True)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if not _is_rank_zero():
+            return
+        path = os.path.join(self.dirname, self.filename or filename)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def remove(self, filename: str) -> None:
+        if not _is_rank_zero():
+            return
+        path = os.path.join(self.dirname, self.filename or filename)
+        if os.path.exists(path):
+            os.remove(path)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """:class:`monai.handlers.CheckpointSaver` with atomic writes and a resumable state.
+
+    Takes the same arguments as MONAI's saver. Differences:
+
+    - every file (final, key-metric, interval) is written by :class:`AtomicDiskSaver`;
+    - interval checkpoints also hold ``"checkpointer"``: the list of interval files this saver keeps, restored by
+      :class:`CheckpointResumer` so that ``n_saved`` still rotates the files of the interrupted run;
+    - :meth:`state_dict` / :meth:`load_state_dict` hold the key-metric list (best score and file), so a saver of the
+      best validation model can be put in a trainer checkpoint's ``save_dict`` and a resumed run only replaces the
+      best model with a better one.
+
+    Example (bundle config)::
+
+        "checkpointer": {"_target_": "ideal_components.handlers.AtomicCheckpointSaver", "save_dir": "@ckpt_dir",
+                         "save_dict": {"network": "@network", "optimizer": "@optimizer", "trainer": "@train#trainer"},
+                         "file_prefix": "train", "save_interval": 1, "n_saved": 1}
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        final_filename = self._final_filename
+        for attr, filename in (
+            ("_final_checkpoint", final_filename),
+            ("_key_metric_checkpoint", kwargs.get("key_metric_filename")),
+            ("_interval_checkpoint", None),
+        ):
+            checkpoint = getattr(self, attr)
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename)
+        if self._interval_checkpoint is not None:
+            # ignite writes {"_saved": [(priority, filename), ...]} under "checkpointer" (after appending the new file)
+            self._interval_checkpoint.include_self = True
+
+    def state_dict(self) -> dict:
+        """The key-metric list ``[(score, filename), ...]`` (empty without ``save_key_metric``)."""
+        if self._key_metric_checkpoint is None:
+            return {"_saved": []}
+        return self._key_metric_checkpoint.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the key-metric list written by :meth:`state_dict`."""
+        if self._key_metric_checkpoint is not None:
+            self._key_metric_checkpoint.load_state_dict(state_dict)
+
+    def load_interval_state_dict(self, state_dict: dict) -> None:
+        """Restore the list of interval files (the ``"checkpointer"`` entry of an interval checkpoint)."""
+        if self._interval_checkpoint is not None:
+            self._interval_checkpoint.load_state_dict(state_dict)
+
+
+def find_latest_checkpoint(
+    ckpt_dir: str, file_prefix: str, map_location: Any = "cpu"
+) -> tuple[str, dict[str, Any]] | tuple[None, None]:
+    """The newest ``{file_prefix}_checkpoint_{epoch|iteration}=N.pt`` in ``ckpt_dir`` that loads, and its content.
+
+    Files are tried from the highest ``N`` down; one that fails to load (truncated by a kill on a file system
+    without atomic renames, or corrupted) is logged and skipped. Loading uses ``weights_only=True``: a checkpoint
+    cannot run code.
+
+    Returns:
+        ``(path, checkpoint)``, or ``(None, None)`` when there is none.
+    """
+    candidates = []
+    for path in glob.glob(os.path.join(glob.escape(str(ckpt_dir)), f"{glob.escape(file_prefix)}_checkpoint_*.pt")):
+        match = _INTERVAL_NAME.search(os.path.basename(path))
+        if match is not None and os.path.basename(path).startswith(f"{file_prefix}_checkpoint_"):
+            candidates.append((int(match.group(2)), path))
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # a damaged file: fall back to an older one
+            _LOGGER.warning(f"skipping checkpoint {path}: it does not load ({type(e).__name__}: {e}).")
+            continue
+        if not isinstance(checkpoint, dict):
+            _LOGGER.warning(f"skipping checkpoint {path}: expected a dict of state dicts, got {type(checkpoint)}.")
+            continue
+        return path, checkpoint
+    return None, None
+
+
+class CheckpointResumer:
+    """Resume a trainer from the newest interval checkpoint of an :class:`AtomicCheckpointSaver` (or MONAI's).
+
+    At ``Events.STARTED`` it loads the newest loadable ``{file_prefix}_checkpoint_*.pt`` of ``ckpt_dir`` into the
+    objects of ``load_dict`` (strictly: every key must be in the file and module state dicts must match), restores
+    the saver's file list, and keeps the engine's ``max_epochs`` (so a run can be extended). The trainer then goes on
+    from the end of the saved epoch; the partial epoch that was running when the job died is run again. Without a
+    checkpoint it logs that and starts from scratch, so the same command can be used for the first start and for
+    every restart of a pre-empted job.
+
+    Args:
+        ckpt_dir: folder of the checkpoints.
+        file_prefix: the saver's ``file_prefix``.
+        load_dict: name -> object with ``load_state_dict``; the same names as the saver's ``save_dict``.
+        saver: the :class:`AtomicCheckpointSaver` that wrote the files, to restore its file list.
+        enabled: when False, :meth:`attach` does nothing (the bundles' ``resume`` switch).
+        map_location: passed to ``torch.load``.
+
+    Example::
+
+        resumer = CheckpointResumer("models", "train", {"network": net, "optimizer": opt, "trainer": trainer})
+        resumer.attach(trainer)
+        trainer.run()
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str,
+        file_prefix: str,
+        load_dict: Mapping[str, Any],
+        saver: CheckpointSaver | None = None,
+        enabled: bool = True,
+        map_location: Any = "cpu",
+    ) -> None:
+        if not load_dict:
+            raise ValueError("load_dict must name at least one object to restore.")
+        self.ckpt_dir = str(ckpt_dir)
+        self.file_prefix = file_prefix
+        self.load_dict = dict(load_dict)
+        self.saver = saver
+        self.enabled = bool(enabled)
+        self.map_location = map_location
+        self.resumed_from: str | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self._remove_stale_temporaries()
+        path, checkpoint = find_latest_checkpoint(self.ckpt_dir, self.file_prefix, self.map_location)
+        if path is None:
+            engine.logger.info(f"resume: no '{self.file_prefix}' checkpoint in {self.ckpt_dir}, starting from scratch.")
+            return
+        missing = [k for k in self.load_dict if k not in checkpoint]
+        if missing:
+            raise KeyError(
+                f"cannot resume from {path}: it has no {missing} (it holds {sorted(checkpoint)}); "
+                "was it written by another config?"
+            )
+        max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=True)
+        if max_epochs is not None:
+            if engine.state.epoch > max_epochs:
+                raise ValueError(
+                    f"cannot resume from {path}: it is at epoch {engine.state.epoch}, beyond max_epochs={max_epochs}."
+                )
+            engine.state.max_epochs = max_epochs
+        if isinstance(self.saver, AtomicCheckpointSaver) and "checkpointer" in checkpoint:
+            self.saver.load_interval_state_dict(checkpoint["checkpointer"])
+        self.resumed_from = path
+        engine.logger.info(f"resume: restored {sorted(self.load_dict)} from {path} (epoch {engine.state.epoch}).")
+
+    def _remove_stale_temporaries(self) -> None:
+        # temporary files of saves interrupted by a kill: ".{name}.XXXX.tmp.pt" (see ideal_components.utils)
+        if not _is_rank_zero():
+            return
+        pattern = os.path.join(glob.escape(self.ckpt_dir), f".{glob.escape(self.file_prefix)}_*.tmp*")
+        for tmp in glob.glob(pattern):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+class EpochSeedHandler:
+    """Reseed all random number generators at every ``EPOCH_STARTED`` from ``(seed, epoch, rank)``.
+
+    Reseeds torch (CPU and CUDA), numpy and ``random`` in the main process, the random transforms of the data
+    loader's dataset (used when ``num_workers=0``) and, through torch's generator, the seeds of the loader's workers;
+    then restarts the loader's iterator so the epoch's workers start from those seeds even when ``epoch_length`` is
+    shorter than the loader. An epoch then draws the same augmentations, key-view shifts and batch order whether the
+    run went through the epochs before it or was resumed from a checkpoint.
+
+    Args:
+        seed: the run's seed.
+        rank: the process's rank, default the distributed rank (0 without ``torch.distributed``).
+
+    Example::
+
+        EpochSeedHandler(seed=0).attach(trainer)
+    """
+
+    def __init__(self, seed: int, rank: int | None = None) -> None:
+        self.seed = int(seed)
+        self.rank = rank
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def epoch_seed(self, epoch: int) -> int:
+        """The 32-bit seed of ``epoch`` on this rank."""
+        rank = self.rank
+        if rank is None:
+            dist = torch.distributed
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, int(epoch), int(rank)]).generate_state(1)[0])
+
+    def __call__(self, engine: Engine) -> None:
+        seed = self.epoch_seed(engine.state.epoch)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        dataloader = engine.state.dataloader
+        dataset = getattr(dataloader, "dataset", None)
+        if dataset is not None:
+            set_rnd(dataset, seed)
+        # an iterator left over from the previous epoch (epoch_length shorter than the loader) would carry on with
+        # the previous epoch's workers and order: start this epoch's now, after the reseed and with this epoch's
+        # sampler order (a multi-worker iterator draws its first indices when it is created)
+        if dataloader is not None and getattr(engine, "_dataloader_iter", None) is not None:
+            for sampler in (getattr(dataloader, "batch_sampler", None), getattr(dataloader, "sampler", None)):
+                if callable(getattr(sampler, "set_epoch", None)):
+                    sampler.set_epoch(engine.state.epoch)
+            engine.set_data(dataloader)
+
+
+class NullSummaryWriter:
+    """A stand-in for ``torch.utils.tensorboard.SummaryWriter`` that writes nothing (every method is a no-op).
+
+    Given to MONAI's ``TensorBoardStatsHandler`` on distributed ranks other than 0: a handler built with
+    ``summary_writer=None`` would create its own writer, hence an event file per rank, even if never attached.
+
+    Example (bundle config)::
+
+        "summary_writer": "$torch.utils.tensorboard.SummaryWriter(@output_dir) if @is_main_process
+                            else ideal_components.handlers.NullSummaryWriter()"
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
