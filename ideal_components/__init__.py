@@ -11,7 +11,19 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "data", "engines", "handlers", "losses", "metrics", "networks", "report", "sweep", "transforms")
+_SUBMODULES = (
+    "cli",
+    "data",
+    "engines",
+    "handlers",
+    "losses",
+    "metrics",
+    "networks",
+    "raw_metrics",
+    "report",
+    "sweep",
+    "transforms",
+)
 
 
 def __getattr__(name: str) -> Any:

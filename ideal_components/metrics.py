@@ -676,6 +676,12 @@ class VolumeMetricsWriter:
         if not rows:
             warnings.warn("VolumeMetricsWriter: no samples were evaluated this epoch; nothing written.", stacklevel=2)
             return
+        summary = self.write(rows, write_files=is_writer)
+        engine.state.metrics[self.metric_name] = summary["metrics"]["dice"]["mean"]
+
+    def write(self, rows: Sequence[Mapping[str, Any]], write_files: bool = True) -> dict[str, Any]:
+        """Summarise ``rows`` (:func:`aggregate` plus units and policies), write the CSV and the JSON summary into
+        ``output_dir`` when ``write_files``, and return the summary."""
         summary = aggregate(rows)
         summary.update(
             units="voxel" if self.voxel_units else "mm",
@@ -687,11 +693,11 @@ class VolumeMetricsWriter:
             ),
         )
         self.summary = summary
-        engine.state.metrics[self.metric_name] = summary["metrics"]["dice"]["mean"]
-        if is_writer:
+        if write_files:
             atomic_write_text(os.path.join(self.output_dir, self.csv_name), self.csv_text(rows))
             text = json.dumps(summary, indent=2, allow_nan=False)
             atomic_write_text(os.path.join(self.output_dir, self.summary_name), text + "\n")
+        return summary
 
     def __call__(self, engine: Engine) -> None:
         """Alias of :meth:`epoch_completed`, for ``engine.add_event_handler(Events.EPOCH_COMPLETED, writer)``."""

@@ -88,6 +88,9 @@ PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
 
 CSV_NAME = "metrics_per_volume.csv"
 SUMMARY_NAME = "metrics_summary.json"
+#: written by :func:`ideal_components.raw_metrics.raw_resolution_metrics` (the same metrics against the raw labels)
+RAW_CSV_NAME = "metrics_per_volume_raw.csv"
+RAW_SUMMARY_NAME = "metrics_summary_raw.json"
 PREDICTIONS_DIR = "predictions"
 _REQUIRED_COLUMNS = ("volume", "class_name", *METRIC_NAMES)
 _NIFTI_EXTS = (".nii.gz", ".nii")
@@ -233,7 +236,9 @@ def _rename_classes(rows: list[dict[str, Any]], class_names: Any, path: Path) ->
             r["class_name"] = mapping[idx]
 
 
-def load_run(run_dir: str | os.PathLike, class_names: Any = None) -> dict[str, Any]:
+def load_run(
+    run_dir: str | os.PathLike, class_names: Any = None, csv_name: str = CSV_NAME, summary_name: str = SUMMARY_NAME
+) -> dict[str, Any]:
     """Read one evaluation dir: ``metrics_per_volume.csv`` (the source of every number) and ``metrics_summary.json``.
 
     The means are recomputed from the CSV with :func:`ideal_components.metrics.aggregate` (per volume the mean over
@@ -243,6 +248,8 @@ def load_run(run_dir: str | os.PathLike, class_names: Any = None) -> dict[str, A
         run_dir: the evaluation output dir.
         class_names: optional new class names, a ``{class_index: name}`` mapping or a sequence in class-index order
             (optionally preceded by the background's name) or a comma-separated string.
+        csv_name, summary_name: the two files (``RAW_CSV_NAME`` / ``RAW_SUMMARY_NAME`` for the raw-resolution
+            metrics).
 
     Returns:
         ``{"run_dir", "rows", "summary" (the JSON), "num_volumes", "units", "hd95_convention", "metrics",
@@ -259,12 +266,12 @@ def load_run(run_dir: str | os.PathLike, class_names: Any = None) -> dict[str, A
     path = Path(run_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: evaluation dir not found.")
-    rows = _read_csv(path / CSV_NAME)
-    summary = _read_json(path / SUMMARY_NAME)
-    _rename_classes(rows, class_names, path / CSV_NAME)
+    rows = _read_csv(path / csv_name)
+    summary = _read_json(path / summary_name)
+    _rename_classes(rows, class_names, path / csv_name)
     units_seen = {r.get("units") for r in rows if r.get("units")}
     if len(units_seen) > 1:
-        raise ValueError(f"{path / CSV_NAME}: rows mix distance units {sorted(units_seen)}.")
+        raise ValueError(f"{path / csv_name}: rows mix distance units {sorted(units_seen)}.")
     units = units_seen.pop() if units_seen else str(summary.get("units", "mm"))
     conv_seen = {r.get("hd95_convention") for r in rows if r.get("hd95_convention")}
     convention = ", ".join(sorted(conv_seen)) if conv_seen else str(summary.get("hd95_convention", "unknown"))
@@ -275,9 +282,9 @@ def load_run(run_dir: str | os.PathLike, class_names: Any = None) -> dict[str, A
     if isinstance(recorded, (int, float)) and abs(float(recorded) - agg["metrics"]["dice"]["mean"]) > 1e-6:
         logger.warning(
             "%s: mean Dice %.6f differs from %s (%.6f); reporting the CSV.",
-            path / SUMMARY_NAME,
+            path / summary_name,
             float(recorded),
-            CSV_NAME,
+            csv_name,
             agg["metrics"]["dice"]["mean"],
         )
     return {
@@ -884,6 +891,25 @@ def report(
         files += [str(folder / "report.md"), str(folder / "summary.csv")]
     base = Path(out) if out is not None else Path.cwd()
     markdown = markdown_report(rel(runs, base), title=title, paper=paper)
+    raw_runs = []
+    for run in runs:
+        if (Path(run["run_dir"]) / RAW_CSV_NAME).is_file():
+            raw = load_run(run["run_dir"], class_names, csv_name=RAW_CSV_NAME, summary_name=RAW_SUMMARY_NAME)
+            raw.update(name=run["name"], overlays=[], training_curves=None)
+            raw_runs.append(raw)
+    if raw_runs:
+        raw_md = markdown_report(raw_runs, title="At the raw resolution (raw labels, scanner spacing)", paper=paper)
+        markdown += "\n" + raw_md
+        for folder, group in targets:
+            names_in = {r["name"] for r in group}
+            part = [r for r in raw_runs if r["name"] in names_in]
+            if part:
+                text = (
+                    (folder / "report.md").read_text()
+                    + "\n"
+                    + markdown_report(part, title="At the raw resolution (raw labels, scanner spacing)", paper=paper)
+                )
+                atomic_write_text(folder / "report.md", text)
     public = [{k: v for k, v in r.items() if k not in ("rows", "summary")} for r in runs]
     return ReportResult(runs=public, markdown=markdown, files=files)
 

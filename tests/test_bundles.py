@@ -200,6 +200,9 @@ def test_acdc_end_to_end(tmp_path):
     assert len(list((eval_dir / "predictions").glob("*_seg.nii.gz"))) == n_test
     assert (eval_dir / "report.md").is_file() and len(list((eval_dir / "overlays").glob("*.png"))) == n_test
     assert "DSC" in out
+    # the same metrics against the raw labels at the scanner's spacing, through the datalist provenance
+    raw_rows = (eval_dir / "metrics_per_volume_raw.csv").read_text().strip().splitlines()
+    assert len(raw_rows) == 1 + 3 * n_test and "At the raw resolution" in out
 
     # inference on a raw volume: the output is in the input's own geometry
     inputs = tmp_path / "inputs"
