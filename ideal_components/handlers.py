@@ -78,7 +78,11 @@ class AtomicDiskSaver(BaseSaveHandler):
     def remove(self, filename: str) -> None:
         if not _is_rank_zero():
             return
-        path = os.path.join(self.dirname, self.filename or filename)
+        if self.filename is not None:
+            # a fixed name (model.pt): ignite removes the old file before writing the new one; the atomic write
+            # replaces it anyway, and removing it first would leave no model.pt if the job died in between
+            return
+        path = os.path.join(self.dirname, filename)
         if os.path.exists(path):
             os.remove(path)
 

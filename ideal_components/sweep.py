@@ -23,8 +23,10 @@ Layout of ``out``::
 
 Resuming: a step is done when its output exists (``models/pretrained_encoder.pt`` for pre-training,
 ``train_done.json`` for fine-tuning, ``eval/metrics_summary.json`` for evaluation; all written atomically when the
-step ends). A rerun skips the done steps and reruns an unfinished one from the start (its partial outputs are
-removed first); pre-training is skipped when every cell that needs it is done. ``sweep.json`` records the settings
+step ends). A rerun skips the done steps; an unfinished pre-training or fine-tuning step continues from its last
+epoch checkpoint (the bundles' ``--resume True``, which ends with the same weights as an uninterrupted run), an
+unfinished evaluation is rerun from the start; ``overwrite=True`` removes every output and starts afresh.
+Pre-training is skipped when every cell that needs it is done. ``sweep.json`` records the settings
 (bundle, dataset, overrides); a rerun with other settings is refused unless ``overwrite=True``.
 
 Command line::
@@ -496,8 +498,9 @@ def plan_sweep(
                     str(cell),
                     str(cell / "train.log"),
                     str(cell / TRAIN_DONE),
-                    _bundle_command(python, configs_dir, spec.finetune, cell, args),
-                    clear=[str(cell / TRAIN_DONE), str(cell / "models"), str(cell / "logs"), str(cell / "eval")],
+                    _bundle_command(python, configs_dir, spec.finetune, cell, {**args, "resume": not ignore_done}),
+                    clear=[str(cell / TRAIN_DONE), str(cell / "eval")]
+                    + ([str(cell / "models"), str(cell / "logs")] if ignore_done else []),
                     done=eval_done or ((cell / TRAIN_DONE).is_file() and not ignore_done),
                 )
                 evaluate = SweepStep(
@@ -526,8 +529,10 @@ def plan_sweep(
                         str(root),
                         str(root / "pretrain.log"),
                         str(encoder),
-                        _bundle_command(python, configs_dir, spec.pretrain or (), root, args),
-                        clear=[str(root / "models"), str(root / "logs")],
+                        _bundle_command(
+                            python, configs_dir, spec.pretrain or (), root, {**args, "resume": not ignore_done}
+                        ),
+                        clear=[str(root / "models"), str(root / "logs")] if ignore_done else [],
                         done=cells_done or (encoder.is_file() and not ignore_done),
                     )
                 )

@@ -66,6 +66,20 @@ def test_kill_during_save_leaves_the_previous_checkpoint(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_fixed_name_is_replaced_not_removed(tmp_path):
+    saver = AtomicDiskSaver(str(tmp_path), filename="model.pt")
+    saver({"w": torch.ones(1)}, "model_key_metric=0.5.pt")
+    saver.remove("model_key_metric=0.5.pt")  # what ignite does before saving a better model under the same name
+    assert (tmp_path / "model.pt").is_file()
+    saver({"w": torch.zeros(1)}, "model_key_metric=0.7.pt")
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["w"], torch.zeros(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+    rotating = AtomicDiskSaver(str(tmp_path))
+    rotating({"w": torch.ones(1)}, "train_checkpoint_epoch=1.pt")
+    rotating.remove("train_checkpoint_epoch=1.pt")
+    assert not (tmp_path / "train_checkpoint_epoch=1.pt").exists()
+
+
 def test_find_latest_skips_damaged_and_foreign_files(tmp_path):
     torch.save({"network": {"w": torch.ones(1)}}, tmp_path / "train_checkpoint_epoch=2.pt")
     torch.save({"network": {"w": torch.ones(1) * 9}}, tmp_path / "train_checkpoint_epoch=10.pt")

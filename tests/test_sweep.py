@@ -369,6 +369,10 @@ def test_resume_with_fake_runs(tmp_path, fake_data, fake_python, capsys):
     assert record["steps"]["supervised/f10/seed0/train"]["status"] == "pending"
     assert record["steps"]["ideal/f10/seed0/evaluate"]["status"] == "done"
     assert "--label_fraction 10" in record["steps"]["ideal/f10/seed0/train"]["command_line"]
+    # an interrupted training continues from its checkpoint; evaluation has nothing to resume
+    assert "--resume True" in record["steps"]["supervised/f10/seed0/train"]["command_line"]
+    assert "--resume True" in record["steps"]["ideal/seed0/pretrain"]["command_line"]
+    assert "--resume" not in record["steps"]["ideal/f10/seed0/evaluate"]["command_line"]
 
     path = sw.sweep(str(BUNDLE), overrides=TINY, python=python, **kwargs)
     second = _calls(calls)[len(first) :]
@@ -424,7 +428,9 @@ def test_refuses_other_settings(tmp_path, fake_data, fake_python):
     # overwrite starts afresh with the new settings
     sw.sweep(str(BUNDLE), overrides=other, overwrite=True, **kwargs)
     assert len(_calls(calls)) == n + 2
-    assert json.loads((out / "sweep.json").read_text())["settings"]["overrides"]["backbone"] == "resnet18"
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["settings"]["overrides"]["backbone"] == "resnet18"
+    assert "--resume False" in record["steps"]["cps/f10/seed0/train"]["command_line"]
     assert not (out / "cps" / "f100").exists()
 
 
