@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 
 # a CPU-sized network and grid for tests; every test that trains uses these
@@ -83,3 +86,11 @@ def tree_digest(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def check_segmentation(seg_path: Path, image_path: Path, num_classes: int) -> None:
+    """An inference output is in its input's geometry (shape and affine) and holds only class indices."""
+    seg, img = nib.load(str(seg_path)), nib.load(str(image_path))
+    assert seg.shape == img.shape
+    np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= set(range(num_classes))

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
+from bundle_runs import TINY, check_segmentation, python_ok, run_bundle_ok
 from monai.bundle import ConfigWorkflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,39 +148,20 @@ def test_verify_net_in_out(bundle):
 # ---------------------------------------------------------------------------------------------------------------
 # end to end: phantoms -> prepare -> pretrain -> train -> evaluate -> inference -> TorchScript export
 
-TINY = ["--backbone", "resnet10", "--num_workers", "0", "--spatial_size", "[64,64]", "--batch_size", "4"]
-
-
-def run_bundle(bundle: str, names: list[str], bundle_root: Path, *args: str) -> str:
-    root = REPO / "bundles" / bundle / "configs"
-    files = "[" + ",".join(f"'{root / n}'" for n in names) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
-    cmd += ["--meta_file", str(root / "metadata.json"), "--logging_file", str(root / "logging.conf")]
-    cmd += ["--bundle_root", str(bundle_root), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(bundle_root.parent), timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{out[-6000:]}"
-    return out
-
-
-def _python(*args: str) -> None:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
 
 @pytest.mark.slow
 def test_acdc_end_to_end(tmp_path):
     raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
-    _python("-m", "ideal_components", "synth_acdc", str(raw), "--patients", "8", "--seed", "1")
-    _python(
+    python_ok("-m", "ideal_components", "synth_acdc", str(raw), "--patients", "8", "--seed", "1")
+    python_ok(
         "-m", "ideal_components", "prepare_acdc", str(raw), str(prepared), "--pixdim", "4.0", "--spatial_size", "64"
     )
     data = ["--dataset_dir", str(prepared)]
-    run_bundle("ideal_acdc", ["pretrain.json"], run, *TINY, *data, "--max_epochs", "1")
+    run_bundle_ok("ideal_acdc", ["pretrain.json"], run, *TINY, *data, "--max_epochs", "1")
     encoder = run / "models" / "pretrained_encoder.pt"
     assert encoder.is_file()
 
-    out = run_bundle("ideal_acdc", ["train.json"], run, *TINY, *data, "--max_epochs", "2", "--val_interval", "1")
+    out = run_bundle_ok("ideal_acdc", ["train.json"], run, *TINY, *data, "--max_epochs", "2", "--val_interval", "1")
     assert "loaded pretrained encoder weights" in out
     model_pt = run / "models" / "model.pt"
     state = torch.load(model_pt, map_location="cpu", weights_only=True)
@@ -191,7 +171,7 @@ def test_acdc_end_to_end(tmp_path):
     assert list((run / "models").glob("train_checkpoint_epoch=2.pt")), "full training checkpoint missing"
     assert list((run / "logs" / "train").glob("events.out.tfevents.*")), "TensorBoard log missing"
 
-    out = run_bundle("ideal_acdc", ["train.json", "evaluate.json"], run, *TINY, *data)
+    out = run_bundle_ok("ideal_acdc", ["train.json", "evaluate.json"], run, *TINY, *data)
     eval_dir = run / "eval"
     summary = json.loads((eval_dir / "metrics_summary.json").read_text())
     n_test = len(json.loads((prepared / "datalist.json").read_text())["test"])
@@ -209,12 +189,10 @@ def test_acdc_end_to_end(tmp_path):
     inputs.mkdir()
     src = raw / "training" / "patient003" / "patient003_frame01.nii.gz"
     (inputs / src.name).write_bytes(src.read_bytes())
-    run_bundle("ideal_acdc", ["inference.json"], run, *TINY, "--dataset_dir", str(inputs), "--pixdim", "[4.0,4.0,-1]")
-    seg = nib.load(str(run / "predictions" / "patient003_frame01_seg.nii.gz"))
-    img = nib.load(str(src))
-    assert seg.shape == img.shape
-    np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)
-    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    run_bundle_ok(
+        "ideal_acdc", ["inference.json"], run, *TINY, "--dataset_dir", str(inputs), "--pixdim", "[4.0,4.0,-1]"
+    )
+    check_segmentation(run / "predictions" / "patient003_frame01_seg.nii.gz", src, 4)
     assert (inputs / src.name).read_bytes() == src.read_bytes()
 
     # the model zoo's TorchScript export of model.pt
@@ -222,7 +200,7 @@ def test_acdc_end_to_end(tmp_path):
     root = REPO / "bundles" / "ideal_acdc" / "configs"
     cmd = ["-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(model_pt)]
     cmd += ["--meta_file", str(root / "metadata.json"), "--config_file", str(root / "inference.json")]
-    _python(*cmd, "--backbone", "resnet10")
+    python_ok(*cmd, "--backbone", "resnet10")
     scripted = torch.jit.load(str(ts))
     assert scripted(torch.rand(1, 1, 64, 64)).shape == (1, 4, 64, 64)
 
@@ -230,22 +208,18 @@ def test_acdc_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_mmwhs_train_and_infer(tmp_path):
     raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
-    _python("-m", "ideal_components", "synth_mmwhs", str(raw), "--volumes", "5", "--seed", "2")
-    _python(
+    python_ok("-m", "ideal_components", "synth_mmwhs", str(raw), "--volumes", "5", "--seed", "2")
+    python_ok(
         "-m", "ideal_components", "prepare_mmwhs", str(raw), str(prepared), "--pixdim", "6.0", "--spatial_size", "32"
     )
     tiny = [*TINY[:4], "--spatial_size", "[32,32]", "--batch_size", "4", "--dataset_dir", str(prepared)]
-    run_bundle("ideal_mmwhs", ["train.json"], run, *tiny, "--max_epochs", "1", "--use_pretrained", "False")
+    run_bundle_ok("ideal_mmwhs", ["train.json"], run, *tiny, "--max_epochs", "1", "--use_pretrained", "False")
     assert (run / "models" / "model.pt").is_file()
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     src = sorted(raw.glob("mr_train_*_image.nii.gz"))[0]
     (inputs / src.name).write_bytes(src.read_bytes())
-    run_bundle(
+    run_bundle_ok(
         "ideal_mmwhs", ["inference.json"], run, *tiny[:-2], "--dataset_dir", str(inputs), "--pixdim", "[6.0,6.0,-1]"
     )
-    seg = nib.load(str(run / "predictions" / src.name.replace(".nii.gz", "_seg.nii.gz")))
-    img = nib.load(str(src))
-    assert seg.shape == img.shape
-    np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)
-    assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(8))
+    check_segmentation(run / "predictions" / src.name.replace(".nii.gz", "_seg.nii.gz"), src, 8)
