@@ -270,6 +270,39 @@ def test_cross_pseudo_label_plain_loss_and_errors():
         trainer._iteration(trainer, batch)
 
 
+def _one_iteration_logits(separate_forward, flags):
+    torch.manual_seed(0)
+    net = _seg_net()
+    x = torch.rand(len(flags), 1, SIZE, SIZE)
+    batch = {"image": x, "label": torch.zeros(len(flags), 1, SIZE, SIZE), "labeled": torch.tensor(flags)}
+    trainer = CrossPseudoLabelTrainer(
+        device=DEVICE, max_epochs=1, train_data_loader=[batch], network=net, decollate=False,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.0), loss_function=CrossPseudoLabelLoss(),
+        separate_forward=separate_forward,
+    )  # fmt: skip
+    trainer.run()
+    torch.manual_seed(0)
+    ref = _seg_net().train()
+    return trainer.state.output, ref, x
+
+
+def test_labelled_and_unlabelled_slices_are_normalised_separately():
+    flags = [0.0, 1.0, 0.0, 1.0, 0.0]  # mixed positions: the logits must come back in batch order
+    out, ref, x = _one_iteration_logits(True, flags)
+    lab, unl = torch.tensor([1, 3]), torch.tensor([0, 2, 4])
+    exp_lab_a, exp_lab_b = ref.forward_both(x[lab])  # BatchNorm statistics of the labelled slices only
+    exp_unl_a, exp_unl_b = ref.forward_both(x[unl])
+    torch.testing.assert_close(out["pred"][lab].detach(), exp_lab_a.detach())
+    torch.testing.assert_close(out["pred_b"][unl].detach(), exp_unl_b.detach())
+    # one joint forward gives other values for the same slices (the statistics of the mixed batch)
+    joint, _, _ = _one_iteration_logits(False, flags)
+    torch.testing.assert_close(joint["pred"].detach(), ref.forward_both(x)[0].detach())
+    assert not torch.allclose(joint["pred"][lab].detach(), exp_lab_a.detach(), atol=1e-3)
+    # an all-labelled batch is one forward either way
+    all_lab, ref, x = _one_iteration_logits(True, [1.0, 1.0])
+    torch.testing.assert_close(all_lab["pred"].detach(), ref.forward_both(x)[0].detach())
+
+
 class _BranchNet(TwoBranchFlexibleUNet):
     """``forward(x, branch=...)`` so that DDP's forward covers both branches."""
 
