@@ -37,7 +37,7 @@ DEMO_DIR ?= demo_output
 DEMO_PATIENTS ?= 20
 DEMO_FRACTION ?= 10
 DEMO_PRETRAIN_EPOCHS ?= 10
-DEMO_EPOCHS ?= 8
+DEMO_EPOCHS ?= 16
 DEMO_BUNDLE := bundles/ideal_acdc
 DEMO_RUN = $(PY) -m monai.bundle run --meta_file $(DEMO_BUNDLE)/configs/metadata.json \
 	--logging_file $(DEMO_BUNDLE)/configs/logging.conf --bundle_root $(DEMO_DIR)/bundle \
