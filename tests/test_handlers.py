@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,13 +26,6 @@ from ideal_components.handlers import (
 )
 
 
-class _KillWhilePickled:
-    """Pickling this object SIGKILLs the process: a kill in the middle of ``torch.save``."""
-
-    def __reduce__(self):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _train_engine(net, opt, max_epochs=3, epoch_length=4):
     def step(engine, batch):
         opt.zero_grad()
@@ -44,17 +39,26 @@ def _train_engine(net, opt, max_epochs=3, epoch_length=4):
     return engine
 
 
+# a fresh interpreter (not a fork of the threaded test process, which can deadlock) that starts saving epoch 2 and
+# SIGKILLs itself while torch.save is writing: pickling the last object kills the process
+_KILL_DURING_SAVE = """
+import os, signal, sys, torch
+from ideal_components.handlers import AtomicDiskSaver
+
+class KillWhilePickled:
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+AtomicDiskSaver(sys.argv[1])({"network": {"w": torch.zeros(1_000_000)}, "x": KillWhilePickled()},
+                             "train_checkpoint_epoch=2.pt")
+"""
+
+
 def test_kill_during_save_leaves_the_previous_checkpoint(tmp_path):
     saver = AtomicDiskSaver(str(tmp_path))
     saver({"network": {"w": torch.ones(3)}}, "train_checkpoint_epoch=1.pt")
-    pid = os.fork()
-    if pid == 0:  # child: dies while writing epoch 2 over a file name that must never appear truncated
-        try:
-            saver({"network": {"w": torch.zeros(1_000_000)}, "x": _KillWhilePickled()}, "train_checkpoint_epoch=2.pt")
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    proc = subprocess.run([sys.executable, "-c", _KILL_DURING_SAVE, str(tmp_path)], capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert not (tmp_path / "train_checkpoint_epoch=2.pt").exists()
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".train_checkpoint_epoch=2.pt")]
     assert leftovers, "the interrupted save should have left its temporary file"
