@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -47,9 +48,7 @@ _INTERVAL_NAME = re.compile(r"_checkpoint_(epoch|iteration)=(\d+)\.pt$")
 
 
 def _is_rank_zero() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
-        torch.distributed.get_rank() == 0
-    )
+    return idist.get_rank() == 0  # 0 without torch.distributed
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -108,15 +107,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        final_filename = self._final_filename
-        for attr, filename in (
-            ("_final_checkpoint", final_filename),
-            ("_key_metric_checkpoint", kwargs.get("key_metric_filename")),
-            ("_interval_checkpoint", None),
-        ):
-            checkpoint = getattr(self, attr)
-            if checkpoint is not None:
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:  # keep the fixed file name (final_filename, key_metric_filename) MONAI set
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
         if self._interval_checkpoint is not None:
             # ignite writes {"_saved": [(priority, filename), ...]} under "checkpointer" (after appending the new file)
             self._interval_checkpoint.include_self = True
@@ -280,10 +273,7 @@ class EpochSeedHandler:
 
     def epoch_seed(self, epoch: int) -> int:
         """The 32-bit seed of ``epoch`` on this rank."""
-        rank = self.rank
-        if rank is None:
-            dist = torch.distributed
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        rank = idist.get_rank() if self.rank is None else self.rank
         return int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, int(epoch), int(rank)]).generate_state(1)[0])
 
     def __call__(self, engine: Engine) -> None:

@@ -679,9 +679,11 @@ class VolumeMetricsWriter:
         summary = self.write(rows, write_files=is_writer)
         engine.state.metrics[self.metric_name] = summary["metrics"]["dice"]["mean"]
 
-    def write(self, rows: Sequence[Mapping[str, Any]], write_files: bool = True) -> dict[str, Any]:
-        """Summarise ``rows`` (:func:`aggregate` plus units and policies), write the CSV and the JSON summary into
-        ``output_dir`` when ``write_files``, and return the summary."""
+    def write(
+        self, rows: Sequence[Mapping[str, Any]], write_files: bool = True, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Summarise ``rows`` (:func:`aggregate` plus units, policies and ``extra`` entries), write the CSV and the
+        JSON summary into ``output_dir`` when ``write_files``, and return the summary."""
         summary = aggregate(rows)
         summary.update(
             units="voxel" if self.voxel_units else "mm",
@@ -692,6 +694,7 @@ class VolumeMetricsWriter:
                 "sqrt(sum((shape*spacing)^2)); counted in every mean"
             ),
         )
+        summary.update(extra or {})
         self.summary = summary
         if write_files:
             atomic_write_text(os.path.join(self.output_dir, self.csv_name), self.csv_text(rows))

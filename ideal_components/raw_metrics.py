@@ -28,7 +28,6 @@ from monai.transforms import Invertd
 from ideal_components.data.io import DataError, load_nifti
 from ideal_components.data.preprocessing import preprocessing_transforms, to_metatensor
 from ideal_components.metrics import VolumeMetricsWriter
-from ideal_components.utils import atomic_write_text
 
 __all__ = ["map_raw_label", "prediction_to_raw", "raw_resolution_metrics"]
 
@@ -51,10 +50,9 @@ def map_raw_label(data: np.ndarray, label_map: str | Mapping[str, int], path: st
             out[data == float(code)] = int(index)
         return out
     if label_map == "acdc":
-        values = [v for v in np.unique(data).tolist() if v not in (0, 1, 2, 3)]
-        if values:
-            raise DataError(f"{path}: label values {values[:10]} outside {{0, 1, 2, 3}}.")
-        return data.astype(np.uint8)
+        from ideal_components.data.acdc import AcdcLayout
+
+        return AcdcLayout().map_label(data, Path(path))[0]
     if label_map == "mmwhs":
         from ideal_components.data.mmwhs import map_mmwhs_labels
 
@@ -190,9 +188,4 @@ def raw_resolution_metrics(
     if not rows:
         logger.warning("raw-resolution metrics: no volume of %r could be evaluated; nothing written.", split)
         return None
-    summary = writer.write(rows, write_files=False)
-    summary["resolution"] = "raw"
-    summary["skipped"] = skipped
-    atomic_write_text(eval_dir / csv_name, writer.csv_text(rows))
-    atomic_write_text(eval_dir / summary_name, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return summary
+    return writer.write(rows, extra={"resolution": "raw", "skipped": skipped})

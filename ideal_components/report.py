@@ -884,32 +884,29 @@ def report(
             view.append(v)
         return view
 
-    targets = [(Path(out), runs)] if out is not None else [(Path(r["out_dir"]), [r]) for r in runs]
-    for folder, group in targets:
-        atomic_write_text(folder / "report.md", markdown_report(rel(group, folder), title=title, paper=paper))
-        atomic_write_text(folder / "summary.csv", summary_csv(group))
-        files += [str(folder / "report.md"), str(folder / "summary.csv")]
-    base = Path(out) if out is not None else Path.cwd()
-    markdown = markdown_report(rel(runs, base), title=title, paper=paper)
-    raw_runs = []
+    # the same metrics against the raw labels, where evaluate.json wrote them (raw_resolution_metrics)
+    raw_runs: dict[str, dict[str, Any]] = {}
     for run in runs:
         if (Path(run["run_dir"]) / RAW_CSV_NAME).is_file():
             raw = load_run(run["run_dir"], class_names, csv_name=RAW_CSV_NAME, summary_name=RAW_SUMMARY_NAME)
             raw.update(name=run["name"], overlays=[], training_curves=None)
-            raw_runs.append(raw)
-    if raw_runs:
-        raw_md = markdown_report(raw_runs, title="At the raw resolution (raw labels, scanner spacing)", paper=paper)
-        markdown += "\n" + raw_md
-        for folder, group in targets:
-            names_in = {r["name"] for r in group}
-            part = [r for r in raw_runs if r["name"] in names_in]
-            if part:
-                text = (
-                    (folder / "report.md").read_text()
-                    + "\n"
-                    + markdown_report(part, title="At the raw resolution (raw labels, scanner spacing)", paper=paper)
-                )
-                atomic_write_text(folder / "report.md", text)
+            raw_runs[run["name"]] = raw
+
+    def with_raw(group: list[dict[str, Any]], base: Path) -> str:
+        text = markdown_report(rel(group, base), title=title, paper=paper)
+        raw_group = [raw_runs[r["name"]] for r in group if r["name"] in raw_runs]
+        if raw_group:
+            text += "\n" + markdown_report(
+                raw_group, title="At the raw resolution (raw labels, scanner spacing)", paper=paper
+            )
+        return text
+
+    targets = [(Path(out), runs)] if out is not None else [(Path(r["out_dir"]), [r]) for r in runs]
+    for folder, group in targets:
+        atomic_write_text(folder / "report.md", with_raw(group, folder))
+        atomic_write_text(folder / "summary.csv", summary_csv(group))
+        files += [str(folder / "report.md"), str(folder / "summary.csv")]
+    markdown = with_raw(runs, Path(out) if out is not None else Path.cwd())
     public = [{k: v for k, v in r.items() if k not in ("rows", "summary")} for r in runs]
     return ReportResult(runs=public, markdown=markdown, files=files)
 

@@ -164,9 +164,9 @@ def test_best_model_saver_state_round_trip(tmp_path):
     assert isinstance(plain, CheckpointSaver)
 
 
-def _epoch_draws(dataset_kwargs, epochs, start_epoch=1, epoch_length=None, num_workers=0):
+def _epoch_draws(epochs, start_epoch=1, epoch_length=None, num_workers=0):
     data = [{"image": np.zeros((1, 4, 4), np.float32)} for _ in range(6)]
-    dataset = CacheDataset(data, RandGaussianNoised("image", prob=1.0, std=1.0), progress=False, **dataset_kwargs)
+    dataset = CacheDataset(data, RandGaussianNoised("image", prob=1.0, std=1.0), progress=False)
     loader = DataLoader(dataset, batch_size=2, shuffle=True, num_workers=num_workers)
     draws = {}
 
@@ -185,13 +185,13 @@ def _epoch_draws(dataset_kwargs, epochs, start_epoch=1, epoch_length=None, num_w
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_epoch_seed_makes_an_epoch_independent_of_the_previous_ones(num_workers):
-    full = _epoch_draws({}, 3, num_workers=num_workers)
-    resumed = _epoch_draws({}, 3, start_epoch=3, num_workers=num_workers)  # as after a resume at epoch 2
+    full = _epoch_draws(3, num_workers=num_workers)
+    resumed = _epoch_draws(3, start_epoch=3, num_workers=num_workers)  # as after a resume at epoch 2
     assert resumed[3] == full[3]
     assert full[2] != full[3]
     # with epoch_length shorter than the loader the iterator is restarted each epoch
-    short = _epoch_draws({}, 3, epoch_length=2, num_workers=num_workers)
-    short_resumed = _epoch_draws({}, 3, start_epoch=3, epoch_length=2, num_workers=num_workers)
+    short = _epoch_draws(3, epoch_length=2, num_workers=num_workers)
+    short_resumed = _epoch_draws(3, start_epoch=3, epoch_length=2, num_workers=num_workers)
     assert short_resumed[3] == short[3]
 
 
