@@ -483,8 +483,9 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         forward_both_fn: ``(network, image) -> (logits_a, logits_b)``, default :func:`default_forward_both`.
         separate_forward: forward the labelled and the unlabelled slices of a batch separately (default), so that
             BatchNorm normalises each group with its own batch statistics. With one joint forward the few labelled
-            volumes, which fill half of every batch, bias the statistics: on the 10 % phantom demo the test Dice
-            drops from 0.85 to 0.42 (0.28 even without the unlabelled loss) while the validation Dice looks fine.
+            volumes, which fill half of every batch, bias the statistics: on the 10 % phantom demo (``make demo``)
+            the test Dice was 0.24 before this option existed and is 0.86 with it, while the validation Dice looked
+            fine in both.
             Costs no extra FLOPs (two half batches). A group of a single slice is forwarded with the other group.
 
     Raises:
