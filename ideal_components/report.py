@@ -3,7 +3,7 @@
 A bundle's evaluate config writes into its output dir (e.g. ``bundles/ideal_acdc/eval/``):
 
 - ``metrics_per_volume.csv`` and ``metrics_summary.json`` (:class:`ideal_components.metrics.VolumeMetricsWriter`);
-- ``predictions/<image basename>_seg.nii.gz`` (MONAI ``SaveImaged(output_postfix="seg", separate_folder=False)``);
+- ``predictions/<image basename>_seg.nii.gz`` (:class:`ideal_components.inference.SaveSegmentationd`);
 
 and training writes TensorBoard event files under ``<bundle_root>/logs/pretrain`` and ``<bundle_root>/logs/train``.
 :func:`report` turns one or several such *run dirs* into
@@ -483,8 +483,8 @@ def find_predictions(run_dir: str | os.PathLike, postfix: str = "seg") -> dict[s
     if not folder.is_dir():
         return found
     for p in sorted(folder.rglob("*")):
-        if not p.is_file() or not p.name.lower().endswith(_NIFTI_EXTS):
-            continue
+        if not p.is_file() or p.name.startswith(".") or not p.name.lower().endswith(_NIFTI_EXTS):
+            continue  # hidden: a temporary file of an atomic write that a kill left behind
         stem = _strip_ext(p.name)
         if postfix and stem.endswith("_" + postfix):
             stem = stem[: -len(postfix) - 1]

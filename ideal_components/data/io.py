@@ -18,7 +18,16 @@ import numpy as np
 
 from ideal_components.utils import atomic_path, atomic_write_text
 
-__all__ = ["DataError", "load_nifti", "check_pair", "atomic_write_nifti", "atomic_write_json", "AFFINE_RTOL"]
+__all__ = [
+    "DataError",
+    "load_nifti",
+    "load_image",
+    "check_pair",
+    "atomic_write_nifti",
+    "atomic_write_json",
+    "AFFINE_RTOL",
+    "affines_close",
+]
 
 AFFINE_RTOL = 1e-3
 """Relative tolerance for two affines to be considered equal (relative to the voxel size / largest entry)."""
@@ -68,23 +77,76 @@ def load_nifti(path: str | os.PathLike, expect_ndim: int = 3, what: str = "image
         data = np.asanyarray(img.dataobj)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as e:
         raise DataError(f"{path}: truncated or corrupt {what} file ({type(e).__name__}: {e}).") from e
+    data, affine = _validated(path, data, img.affine, expect_ndim, what)
+    return nib.Nifti1Image(data, affine, img.header.copy())
+
+
+def _validated(path: Path, data: np.ndarray, affine: Any, expect_ndim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checks shared by every reader: dimensions (trailing singletons beyond ``expect_ndim`` dropped), finite
+    voxels, a finite and non-singular affine. Returns ``(data, affine as float64)``."""
+    shape = tuple(data.shape)
     while data.ndim > expect_ndim and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != expect_ndim:
-        raise DataError(f"{path}: expected a {expect_ndim}D {what}, got shape {tuple(img.shape)} ({data.ndim}D).")
+        raise DataError(f"{path}: expected a {expect_ndim}D {what}, got shape {shape} ({data.ndim}D).")
     if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
         bad = ~np.isfinite(data)
         if bad.any():
             raise DataError(f"{path}: {what} has {int(bad.sum())} NaN/Inf voxel(s).")
-    affine = np.asarray(img.affine, dtype=np.float64)
+    affine = np.asarray(affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise DataError(f"{path}: {what} affine has NaN/Inf entries:\n{affine}")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-8:
         raise DataError(f"{path}: {what} affine is singular (zero voxel size or degenerate axes):\n{affine}")
-    return nib.Nifti1Image(data, affine, img.header.copy())
+    return data, affine
 
 
-def _affine_close(a: np.ndarray, b: np.ndarray, rtol: float = AFFINE_RTOL) -> bool:
+def load_image(
+    path: str | os.PathLike, reader: str | None = None, expect_ndim: int = 3, what: str = "image"
+) -> nib.Nifti1Image:
+    """Read an image with the reader the pipeline uses and validate it as :func:`load_nifti` does.
+
+    ``reader`` ``None`` / ``"NibabelReader"`` is :func:`load_nifti`. Any other MONAI reader name (``"ITKReader"``
+    for NRRD, MetaImage and DICOM series folders) reads through ``monai.transforms.LoadImage`` exactly as the
+    bundle's ``LoadImaged`` does, so that the check accepts what the pipeline can read and names what it cannot.
+
+    Args:
+        path: a file, or a folder holding one DICOM series (``ITKReader``).
+        reader: the name of a MONAI image reader.
+        expect_ndim: the number of spatial dimensions expected.
+        what: what the file is, used in error messages.
+
+    Returns:
+        an in-memory NIfTI image holding the voxels and the (RAS) affine the reader gives.
+
+    Raises:
+        DataError: the path is missing or empty, the reader cannot read it, or a check of :func:`load_nifti` fails.
+
+    Example::
+
+        img = load_image("scans/case01.mha", reader="ITKReader")
+    """
+    if reader is None or str(reader) == "NibabelReader":
+        return load_nifti(path, expect_ndim=expect_ndim, what=what)
+    from monai.transforms import LoadImage
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: missing {what} file.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty {what} file (0 bytes).")
+    if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
+        raise DataError(f"{path}: empty {what} folder (no file of a DICOM series).")
+    try:
+        img = LoadImage(reader=reader, image_only=True)(str(path))
+    except Exception as e:  # the readers raise anything from RuntimeError to ITK's own errors
+        raise DataError(f"{path}: not readable by {reader} ({type(e).__name__}: {str(e).strip()[:300]}).") from e
+    data, affine = _validated(path, np.asarray(img), img.affine, expect_ndim, what)
+    return nib.Nifti1Image(data, affine)
+
+
+def affines_close(a: np.ndarray, b: np.ndarray, rtol: float = AFFINE_RTOL) -> bool:
+    """Whether two 4x4 affines agree to ``rtol`` relative to their entries (at least to the largest voxel axis)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     scale = max(1.0, float(np.abs(a[:3, :3]).max()))
     return bool(np.all(np.abs(a - b) <= rtol * np.maximum(np.abs(a), scale)))
@@ -114,7 +176,7 @@ def check_pair(
             f"{label_path}: label shape {tuple(label.shape)} does not match image shape {tuple(image.shape)} "
             f"of {image_path}."
         )
-    if not _affine_close(image.affine, label.affine):
+    if not affines_close(image.affine, label.affine):
         raise DataError(
             f"{label_path}: label affine does not match the affine of {image_path} (relative tolerance "
             f"{AFFINE_RTOL}):\nlabel\n{np.round(label.affine, 4)}\nimage\n{np.round(image.affine, 4)}"
