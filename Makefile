@@ -1,18 +1,19 @@
-# Every target installs what it needs into .venv first. torch is pinned before anything else so that pip never
-# resolves an unpinned torch to a multi-GB CUDA build on a CPU machine.
+# Every target installs what it needs into .venv first, with the exact versions of constraints.txt (the versions the
+# bundles' metadata pins). torch is installed before anything else so that pip never resolves an unpinned torch to a
+# multi-GB CUDA build on a CPU machine.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH_VERSION ?= 2.13.0
+TORCH_VERSION ?= $(shell sed -n 's/^torch==//p' constraints.txt)
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-quick lint format demo bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[test,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

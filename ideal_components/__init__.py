@@ -9,13 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _SUBMODULES = (
     "cli",
     "data",
     "engines",
+    "export",
     "handlers",
+    "inference",
     "losses",
     "metrics",
     "networks",
