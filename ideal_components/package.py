@@ -2,8 +2,14 @@
 
 The archive holds an explicit allow-list of the bundle's files (``LICENSE``, ``configs/*``, ``docs/*``) plus a
 generated ``large_files.yml`` naming the weights (``models/model.pt``) with their URL and md5, as the zoo does for
-files too large to commit. Training outputs (``models/``, ``eval/``, ``logs/``, ``predictions/``), data and caches
-are never packed; the weights go into the archive only when asked for (``include_weights``, for an offline share).
+files too large to commit, and the bundle's code: a byte-for-byte copy of this package in
+``scripts/ideal_components/`` with a ``scripts/__init__.py`` that puts the copy first on the import path. The configs
+import ``scripts`` before ``ideal_components``, so an unpacked archive runs where only the packages of its
+``metadata.json`` are installed (from the bundle folder, or wherever the bundle folder is on the import path, as the
+zoo's own tools arrange), and its code is the code its configs were packed with. In the repository there is no
+``scripts/`` folder: ``import scripts`` finds nothing and the installed package is used. Training outputs
+(``models/``, ``eval/``, ``logs/``, ``predictions/``), data and caches are never packed; the weights go into the
+archive only when asked for (``include_weights``, for an offline share).
 
 The archive is what ``python -m monai.bundle download`` expects: it unpacks into ``<bundle_dir>/<name>/``, also from
 a local ``file://`` URL::
@@ -24,14 +30,28 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-__all__ = ["ALLOWED_DIRS", "ALLOWED_FILES", "WEIGHTS_PATH", "package_bundle", "large_files_yml", "md5sum"]
+__all__ = [
+    "ALLOWED_DIRS",
+    "ALLOWED_FILES",
+    "WEIGHTS_PATH",
+    "SCRIPTS_DIR",
+    "package_bundle",
+    "large_files_yml",
+    "md5sum",
+    "vendored_files",
+    "scripts_init",
+]
 
 #: top-level files of a bundle that go into the archive (everything else is left out)
-ALLOWED_FILES: tuple[str, ...] = ("LICENSE",)
+ALLOWED_FILES: tuple[str, ...] = ("LICENSE", "large_files.yml")
 #: top-level folders of a bundle whose files go into the archive
 ALLOWED_DIRS: tuple[str, ...] = ("configs", "docs")
 #: where the weights live in a bundle (the zoo's "preferred" model file, loaded by ``inference.json``)
 WEIGHTS_PATH = "models/model.pt"
+
+#: where the package's copy goes in an archive (the model zoo's folder for a bundle's own code)
+SCRIPTS_DIR = "scripts"
+_PACKAGE_ROOT = Path(__file__).resolve().parent
 
 _PLACEHOLDER_URL = "<publish models/model.pt (e.g. as a GitHub release asset) and put its download URL here>"
 # fixed member metadata so that the same inputs give a byte-identical archive
@@ -121,6 +141,48 @@ def _bundle_files(root: Path) -> list[str]:
     return sorted(files)
 
 
+def vendored_files() -> list[tuple[str, Path]]:
+    """``(path in the archive, source file)`` for every module of this package, as packed under ``scripts/``.
+
+    Example::
+
+        >>> ("scripts/ideal_components/losses.py", _PACKAGE_ROOT / "losses.py") in vendored_files()
+        True
+    """
+    files = []
+    for src in sorted(_PACKAGE_ROOT.rglob("*.py")):
+        rel = src.relative_to(_PACKAGE_ROOT)
+        if any(part in _SKIPPED_NAMES or part.startswith(".") for part in rel.parts):
+            continue
+        files.append((f"{SCRIPTS_DIR}/{_PACKAGE_ROOT.name}/{rel.as_posix()}", src))
+    return files
+
+
+def scripts_init(version: str) -> str:
+    """The ``scripts/__init__.py`` of an archive: puts the packed copy of the package first on the import path.
+
+    Args:
+        version: the package version that is packed (written into the docstring).
+    """
+    return f'''"""The code of this bundle: a copy of ``{_PACKAGE_ROOT.name}`` {version}, packed by
+``python -m {_PACKAGE_ROOT.name} package_bundle`` so that the bundle runs where only the packages of its metadata are
+installed. The configs import ``scripts`` first; this puts the copy ahead of any installed version of the package,
+so that the code is the code the configs were packed with.
+"""
+
+import os
+import sys
+import warnings
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+_loaded = sys.modules.get("{_PACKAGE_ROOT.name}")
+if _loaded is not None and not os.path.abspath(getattr(_loaded, "__file__", "") or "").startswith(_HERE):
+    warnings.warn(f"{_PACKAGE_ROOT.name} was imported from {{_loaded.__file__}}, not from this bundle's copy.")
+'''
+
+
 def _zip_info(arcname: str) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(arcname, date_time=_ZIP_DATE)
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -140,7 +202,8 @@ def package_bundle(
 
     The bundle name is the folder name, the version is ``configs/metadata.json``'s ``version`` (which must be in its
     ``changelog``). Only ``LICENSE``, ``configs/*`` and ``docs/*`` are packed (hidden files and caches skipped), plus
-    a generated ``large_files.yml`` listing ``models/model.pt`` with ``url`` and the md5 of ``weights``. Members are
+    a generated ``large_files.yml`` listing ``models/model.pt`` with ``url`` and the md5 of ``weights``, and the
+    bundle's code (:func:`vendored_files` and :func:`scripts_init` under ``scripts/``). Members are
     sorted and carry fixed timestamps, so the same inputs give the same bytes; the archive is written to a
     temporary file next to the target and moved into place with ``os.replace``.
 
@@ -179,8 +242,13 @@ def package_bundle(
         raise ValueError("include_weights=True needs `weights` (the model.pt to pack).")
     hash_val = None if weights_path is None else md5sum(weights_path)
 
+    from ideal_components import __version__
+
     members: list[tuple[str, Path | bytes]] = [(rel, root / rel) for rel in _bundle_files(root)]
+    members = [m for m in members if m[0] != "large_files.yml"]  # the repository's copy has no md5: regenerated
     members.append(("large_files.yml", large_files_yml(WEIGHTS_PATH, url=url, hash_val=hash_val).encode("utf-8")))
+    members.append((f"{SCRIPTS_DIR}/__init__.py", scripts_init(__version__).encode("utf-8")))
+    members += vendored_files()
     if include_weights and weights_path is not None:
         members.append((WEIGHTS_PATH, weights_path))
     members.sort(key=lambda m: m[0])

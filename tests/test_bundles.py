@@ -67,6 +67,12 @@ def test_bundle_files(bundle):
         json.loads((root / "configs" / f"{name}.json").read_text())
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
+    license_text = (root / "LICENSE").read_text()
+    for words in ["Apache License", "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION", "END OF TERMS"]:
+        assert words in license_text  # the full licence text, as the zoo's bundles carry it
+    from ideal_components.package import large_files_yml
+
+    assert (root / "large_files.yml").read_text() == large_files_yml()  # the repository copy: no URL, no md5 yet
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

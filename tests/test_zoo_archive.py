@@ -1,0 +1,139 @@
+"""A bundle archive carries its own code: it runs where ``ideal_components`` is not installed, and its code cannot
+drift from the package's (the archive holds byte-for-byte copies, checked here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_runs import TINY, tiny_acdc
+from monai.networks.nets import FlexibleUNet
+
+from ideal_components.package import SCRIPTS_DIR, package_bundle, vendored_files
+
+REPO = Path(__file__).resolve().parents[1]
+WITHOUT_PACKAGE = REPO / "tests" / "without_package.py"
+SCHEMA = REPO / "tests" / "data" / "meta_schema_20240725.json"
+
+
+@pytest.fixture(scope="module", params=["ideal_acdc", "ideal_mmwhs"])
+def unpacked(request, tmp_path_factory) -> Path:
+    """The bundle packed with (random, resnet10) weights and unpacked as ``monai.bundle download`` would."""
+    bundle = request.param
+    base = tmp_path_factory.mktemp(f"zoo_{bundle}")
+    torch.manual_seed(0)
+    classes = 8 if bundle == "ideal_mmwhs" else 4
+    net = FlexibleUNet(1, classes, backbone="resnet10", spatial_dims=2, upsample="deconv")
+    torch.save(net.state_dict(), base / "model.pt")
+    archive = package_bundle(
+        REPO / "bundles" / bundle, out=base / "dist", weights=base / "model.pt", include_weights=True
+    )
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(base / "unpacked")
+    return base / "unpacked" / bundle
+
+
+def _run_without_package(root: Path, *args: str, timeout: int = 900) -> str:
+    cmd = [sys.executable, str(WITHOUT_PACKAGE), *args]
+    proc = subprocess.run(cmd, cwd=str(root), capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    return out
+
+
+def _bundle_run(root: Path, config: str, *args: str, bundle_root: str = ".") -> str:
+    meta = [
+        "--meta_file",
+        "configs/metadata.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--bundle_root",
+        bundle_root,
+    ]
+    out = _run_without_package(root, "monai.bundle", "run", "--config_file", config, *meta, *args)
+    assert f"ideal_components imported from {root / SCRIPTS_DIR / 'ideal_components' / '__init__.py'}" in out
+    return out
+
+
+def test_archive_code_is_the_package(unpacked):
+    packed = sorted(str(p.relative_to(unpacked)) for p in (unpacked / SCRIPTS_DIR).rglob("*.py"))
+    expected = sorted([arc for arc, _ in vendored_files()] + [f"{SCRIPTS_DIR}/__init__.py"])
+    assert packed == expected
+    for arc, src in vendored_files():
+        assert (unpacked / arc).read_bytes() == src.read_bytes(), arc
+    assert sorted(p.name for p in (REPO / "ideal_components").glob("*.py")) == sorted(
+        p.name for p in (unpacked / SCRIPTS_DIR / "ideal_components").glob("*.py")
+    )
+
+
+def test_every_config_imports_the_packed_code_first(unpacked):
+    for config in sorted((unpacked / "configs").glob("*.json")):
+        imports = json.loads(config.read_text()).get("imports")
+        if imports is not None and any("ideal_components" in i for i in imports):
+            assert imports[0] == "$import scripts", config.name
+
+
+@pytest.mark.slow
+def test_zoo_checks_without_the_package(unpacked):
+    """What the zoo's ``verify_bundle.py`` runs in full mode, with the package hidden: metadata against the schema,
+    the properties of ``inference.json`` without data, the network's input/output shapes, TorchScript export."""
+    meta = ["--meta_file", "configs/metadata.json"]
+    out = _run_without_package(unpacked, "monai.bundle", "verify_metadata", *meta, "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in out
+    check = (
+        "from monai.bundle import ConfigWorkflow; import os; os.makedirs('empty', exist_ok=True); "
+        "wf = ConfigWorkflow(config_file='configs/inference.json', meta_file='configs/metadata.json', "
+        "logging_file='configs/logging.conf', workflow_type='infer', bundle_root='.', dataset_dir='empty'); "
+        "wf.initialize(); print('properties', wf.check_properties())"
+    )
+    (unpacked / "check_properties.py").write_text(check)
+    out = _run_without_package(unpacked, "check_properties")  # run as a module from the bundle folder
+    assert "properties []" in out
+    net = ["network_def", *meta, "--config_file", "configs/inference.json", "--bundle_root", "."]
+    out = _run_without_package(
+        unpacked, "monai.bundle", "verify_net_in_out", *net, "--backbone", "resnet10", "--n", "2"
+    )
+    assert "data shape of network is verified with no error" in out
+    ts = ["--filepath", "models/verify_model.ts", "--ckpt_file", "models/model.pt", "--backbone", "resnet10"]
+    _run_without_package(unpacked, "monai.bundle", "ckpt_export", *net, *ts)
+    assert (unpacked / "models" / "verify_model.ts").is_file()
+
+
+@pytest.mark.slow
+def test_inference_and_training_run_from_the_archive_without_the_package(unpacked, tmp_path):
+    classes = json.loads((unpacked / "configs" / "inference.json").read_text())["num_classes"]
+    raw, prepared = tiny_acdc(tmp_path, patients=4)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    source = sorted((raw / "training").glob("patient*/patient*_frame01.nii.gz"))[0]
+    (inputs / source.name).write_bytes(source.read_bytes())
+    out = _bundle_run(
+        unpacked,
+        "configs/inference.json",
+        "--dataset_dir",
+        str(inputs),
+        "--output_dir",
+        str(tmp_path / "segs"),
+        "--backbone",
+        "resnet10",
+        "--spatial_size",
+        "[64,64]",
+        "--progress",
+        "False",
+    )
+    assert "inference: 1 input(s): 1 segmented" in out
+    seg = nib.load(str(tmp_path / "segs" / source.name.replace(".nii.gz", "_seg.nii.gz")))
+    assert seg.shape == nib.load(str(source)).shape
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= set(range(classes))
+    if classes == 4:  # the ACDC bundle trains on the ACDC phantoms; one epoch proves the training config runs
+        run = tmp_path / "train_run"
+        args = [*TINY, "--dataset_dir", str(prepared), "--use_pretrained", "False", "--max_epochs", "1"]
+        _bundle_run(unpacked, "configs/train.json", *args, "--val_interval", "1", bundle_root=str(run))
+        assert (run / "models" / "model.pt").is_file()
