@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "report": "ideal_components.report:report",
     "sweep": "ideal_components.sweep:sweep",
     "package_bundle": "ideal_components.package:package_bundle",
+    "export_onnx": "ideal_components.export:export_onnx",
 }
 
 
