@@ -15,12 +15,15 @@ short-axis volumes of ``--slices`` slices (``--shape`` in-plane voxels at 1.25 m
   in batches of ``sw_batch_size`` (8), as ``SliceInferer`` feeds it.
 
 Medians over ``--repeats`` runs, the two measurements interleaved. The overhead is ``end to end / network - 1``.
+``--profile`` adds where one end-to-end run spends its time (``cProfile``, cumulative seconds of the stages).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import platform
 import shutil
 import statistics
@@ -70,6 +73,31 @@ def _workflow(root: Path, inputs: Path, outputs: Path, backbone: str) -> ConfigW
     return wf
 
 
+# stage -> (file suffix, function name) of the profiled function whose cumulative time is the stage's
+_STAGES = {
+    "input check (every file read and validated)": ("data/checks.py", "__init__"),
+    "load + preprocess (data loader)": ("data/dataloader.py", "__next__"),
+    "network forward (SliceInferer)": ("inferers/utils.py", "sliding_window_inference"),
+    "post-processing (softmax, Invertd, argmax, atomic write, md5s of input and model for the sidecar)": (
+        "engines/workflow.py",
+        "_run_postprocessing",
+    ),
+    "checkpoint load": ("handlers/checkpoint_loader.py", "__call__"),
+}
+
+
+def _profile(run) -> dict[str, float]:
+    profile = cProfile.Profile()
+    profile.enable()
+    total = run()
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+    found = {"total": total}
+    for name, (suffix, func) in _STAGES.items():
+        found[name] = sum(v[3] for (f, _, fn), v in stats.items() if f.endswith(suffix) and fn == func)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnet50")
@@ -78,6 +106,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=2, default=[216, 256])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="also profile one end-to-end run by stage")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "inference.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,6 +149,7 @@ def main() -> None:
         for _ in range(args.repeats):
             e2e.append(end_to_end())
             bare.append(network())
+        stages = _profile(end_to_end) if args.profile else None
     per_volume = statistics.median(e2e) / args.volumes
     bare_per_volume = statistics.median(bare) / args.volumes
     ratios = sorted(e / b for e, b in zip(e2e, bare))
@@ -142,6 +172,15 @@ def main() -> None:
         f"{100 * (statistics.median(ratios) - 1):.0f} % (range {100 * (ratios[0] - 1):.0f} to"
         f" {100 * (ratios[-1] - 1):.0f} %).",
     ]
+    if stages is not None:
+        total = stages.pop("total")
+        lines += [
+            "",
+            f"Where one end-to-end run of {args.volumes} volumes spends its {total:.2f} s (cProfile, cumulative):",
+        ]
+        lines += ["", "| stage | seconds | share |", "|---|---|---|"]
+        stages["other (building the network and transforms, ignite events, logging)"] = total - sum(stages.values())
+        lines += [f"| {name} | {sec:.2f} | {100 * sec / total:.0f} % |" for name, sec in stages.items()]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
