@@ -15,6 +15,7 @@ input                                 segmentation
 ``x.nrrd`` / ``x.nhdr``               ``x_seg.nrrd`` (ITK)
 ``x.mha`` / ``x.mhd``                 ``x_seg.mha`` (ITK; one file, so that the write is atomic)
 a DICOM series folder ``x/``          ``x_seg.nii.gz`` (the series' geometry as ITK reads it, RAS affine)
+any other file the reader accepts     ``x_seg.nii.gz``
 ====================================  ==============================================
 
 Each segmentation ``x_seg.<ext>`` has a sidecar ``x_seg.json``, written after it, with the input path and md5, the
@@ -52,14 +53,14 @@ OUTPUT_FORMATS: dict[str, str] = {
     ".mha": ".mha",
     ".mhd": ".mha",
 }
-_DICOM_OUTPUT = ".nii.gz"
+_DICOM_OUTPUT = ".nii.gz"  # also for any other file type a reader accepts
 
 
 def split_format(path: str | os.PathLike) -> tuple[str, str]:
     """``(stem, segmentation suffix)`` of an input: ``"a/x.nii.gz" -> ("x", ".nii.gz")``, a folder -> NIfTI.
 
-    Raises:
-        ValueError: a file whose suffix is not one of :data:`OUTPUT_FORMATS`.
+    A file type outside :data:`OUTPUT_FORMATS` that the reader accepted (``x.tif`` through ITK) gets a NIfTI
+    segmentation named after its stem.
     """
     p = Path(path)
     if p.is_dir():
@@ -68,7 +69,7 @@ def split_format(path: str | os.PathLike) -> tuple[str, str]:
     for suffix in sorted(OUTPUT_FORMATS, key=len, reverse=True):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)], OUTPUT_FORMATS[suffix]
-    raise ValueError(f"{path}: no segmentation format for this file type (known: {', '.join(OUTPUT_FORMATS)}).")
+    return p.stem, _DICOM_OUTPUT
 
 
 def content_md5(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -148,10 +149,7 @@ class SegmentationOutputs:
             image_key: the key of the input path in ``item``.
         """
         image_path = item[image_key] if isinstance(item, Mapping) else item
-        try:
-            seg, sidecar = self.output_path(image_path), self.sidecar_path(image_path)
-        except ValueError:
-            return False  # an unknown file type: let the input check report it
+        seg, sidecar = self.output_path(image_path), self.sidecar_path(image_path)
         if not (seg.is_file() and sidecar.is_file()):
             return False
         try:
