@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import os
-import pstats
 import platform
+import pstats
 import shutil
 import statistics
 import sys
