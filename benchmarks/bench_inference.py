@@ -42,6 +42,8 @@ sys.path.insert(0, str(REPO))
 from monai.bundle import ConfigWorkflow  # noqa: E402
 from monai.networks.nets import FlexibleUNet  # noqa: E402
 
+from ideal_components.utils import atomic_write_text  # noqa: E402
+
 CONFIGS = REPO / "bundles" / "ideal_acdc" / "configs"
 
 
@@ -183,8 +185,7 @@ def main() -> None:
         lines += [f"| {name} | {sec:.2f} | {100 * sec / total:.0f} % |" for name, sec in stages.items()]
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    atomic_write_text(args.out, text)
 
 
 if __name__ == "__main__":

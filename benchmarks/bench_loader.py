@@ -35,6 +35,7 @@ from monai.bundle import ConfigParser  # noqa: E402
 
 from ideal_components.data.acdc import prepare_acdc  # noqa: E402
 from ideal_components.data.phantoms import synth_acdc  # noqa: E402
+from ideal_components.utils import atomic_write_text  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "ideal_acdc" / "configs"
 
@@ -113,8 +114,7 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    atomic_write_text(args.out, text)
 
 
 if __name__ == "__main__":

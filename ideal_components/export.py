@@ -28,26 +28,24 @@ import torch
 __all__ = ["export_onnx"]
 
 
-def _network(bundle: Path, overrides: dict[str, Any]) -> tuple[torch.nn.Module, list[int]]:
+def _bundle_parts(bundle: Path, overrides: dict[str, Any]) -> tuple[torch.nn.Module, list[int], Any]:
+    """``network_def``, ``spatial_size`` and ``preprocessing`` of the bundle's ``inference.json``."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser.read_meta(str(bundle / "configs" / "metadata.json"))
     parser.update(overrides)
-    return parser.get_parsed_content("network_def"), [int(s) for s in parser.get_parsed_content("spatial_size")]
+    spatial_size = [int(s) for s in parser.get_parsed_content("spatial_size")]
+    return parser.get_parsed_content("network_def"), spatial_size, parser.get_parsed_content("preprocessing")
 
 
-def _real_slices(image: str | os.PathLike, spatial_size: list[int], count: int) -> torch.Tensor:
-    """``count`` middle slices of a volume, centre-cropped/padded to ``spatial_size`` and min-max scaled."""
-    from monai.transforms import LoadImage, ResizeWithPadOrCrop, ScaleIntensityRangePercentiles
-
-    vol = LoadImage(image_only=True, ensure_channel_first=True)(str(image)).float()  # (1, H, W, D)
-    vol = ScaleIntensityRangePercentiles(1.0, 99.0, 0.0, 1.0, clip=False)(vol)
-    vol = ResizeWithPadOrCrop(list(spatial_size) + [-1])(vol)
+def _real_slices(image: str | os.PathLike, preprocessing: Any, count: int) -> torch.Tensor:
+    """``count`` slices spread over a volume, through the bundle's own inference preprocessing."""
+    vol = torch.as_tensor(preprocessing({"image": str(image)})["image"]).float()  # (1, H, W, D)
     depth = vol.shape[-1]
     picks = np.linspace(0, depth - 1, num=min(count, depth)).round().astype(int)
-    return torch.stack([torch.as_tensor(vol[..., k]) for k in picks])  # (count, 1, H, W)
+    return torch.stack([vol[..., k] for k in picks])  # (count, 1, H, W)
 
 
 def export_onnx(
@@ -65,8 +63,8 @@ def export_onnx(
         bundle: the bundle folder (``configs/inference.json`` and ``configs/metadata.json`` are read).
         ckpt_file: ``models/model.pt`` (a state dict of ``network_def``, loaded strictly).
         filepath: the ``.onnx`` file to write (atomically).
-        image: a volume whose middle slices are the check's input (a real slice exercises the network as inference
-            does); without it, uniform noise in [0, 1].
+        image: a volume whose slices, preprocessed as ``inference.json`` does, are the check's input (a real slice
+            exercises the network as inference does); without it, uniform noise in [0, 1].
         atol: the largest absolute difference allowed between the ONNX Runtime and the PyTorch logits.
         opset: the ONNX opset (``None``: the exporter's default).
         overrides: config ids to override, e.g. ``backbone="resnet10"``.
@@ -83,12 +81,12 @@ def export_onnx(
     from ideal_components.utils import atomic_path
 
     bundle = Path(bundle)
-    net, spatial_size = _network(bundle, overrides)
+    net, spatial_size, preprocessing = _bundle_parts(bundle, overrides)
     state = torch.load(str(ckpt_file), map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     net.eval()
     x = (
-        _real_slices(image, spatial_size, count=4)
+        _real_slices(image, preprocessing, count=4)
         if image is not None
         else torch.rand(4, 1, *spatial_size, generator=torch.Generator().manual_seed(0))
     )

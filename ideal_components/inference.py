@@ -26,7 +26,6 @@ both files exist and the sidecar names the same input content and the same model
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 from collections.abc import Hashable, Mapping
@@ -40,9 +39,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from ideal_components.data.io import affines_close
-from ideal_components.utils import atomic_path, atomic_write_text
+from ideal_components.utils import atomic_path, atomic_write_text, md5sum
 
-__all__ = ["OUTPUT_FORMATS", "SegmentationOutputs", "SaveSegmentationd", "content_md5", "split_format"]
+__all__ = ["OUTPUT_FORMATS", "SegmentationOutputs", "SaveSegmentationd", "split_format"]
 
 #: input suffix -> suffix of the segmentation written for it (a folder, i.e. a DICOM series, gives NIfTI)
 OUTPUT_FORMATS: dict[str, str] = {
@@ -53,7 +52,7 @@ OUTPUT_FORMATS: dict[str, str] = {
     ".mha": ".mha",
     ".mhd": ".mha",
 }
-_DICOM_OUTPUT = ".nii.gz"  # also for any other file type a reader accepts
+_DEFAULT_OUTPUT = ".nii.gz"  # also for any other file type a reader accepts
 
 
 def split_format(path: str | os.PathLike) -> tuple[str, str]:
@@ -64,26 +63,12 @@ def split_format(path: str | os.PathLike) -> tuple[str, str]:
     """
     p = Path(path)
     if p.is_dir():
-        return p.name, _DICOM_OUTPUT
+        return p.name, _DEFAULT_OUTPUT
     name = p.name
     for suffix in sorted(OUTPUT_FORMATS, key=len, reverse=True):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)], OUTPUT_FORMATS[suffix]
-    return p.stem, _DICOM_OUTPUT
-
-
-def content_md5(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """md5 of a file, or of a folder's files (relative names and bytes, in sorted order) for a DICOM series."""
-    p = Path(path)
-    digest = hashlib.md5(usedforsecurity=False)
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    for f in files:
-        if p.is_dir():
-            digest.update(f.relative_to(p).as_posix().encode("utf-8") + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(chunk_size), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return p.stem, _DEFAULT_OUTPUT
 
 
 class SegmentationOutputs:
@@ -128,7 +113,7 @@ class SegmentationOutputs:
         if self._model_md5 is None:
             if not self.model_file.is_file():
                 raise FileNotFoundError(f"{self.model_file}: model weights not found.")
-            self._model_md5 = content_md5(self.model_file)
+            self._model_md5 = md5sum(self.model_file)
         return self._model_md5
 
     def output_path(self, image_path: str | os.PathLike) -> Path:
@@ -156,7 +141,7 @@ class SegmentationOutputs:
             record = json.loads(sidecar.read_text(encoding="utf-8"))
             return (
                 record.get("model_md5") == self.model_md5
-                and record.get("input_md5") == content_md5(image_path)
+                and record.get("input_md5") == md5sum(image_path)
                 and record.get("segmentation") == seg.name
             )
         except (OSError, ValueError):
@@ -198,7 +183,7 @@ class SegmentationOutputs:
         record = {
             "segmentation": path.name,
             "input": str(image_path),
-            "input_md5": content_md5(image_path),
+            "input_md5": md5sum(image_path),
             "model_file": str(self.model_file),
             "model_md5": self.model_md5,
             "bundle": self.bundle_name,

@@ -23,12 +23,13 @@ a local ``file://`` URL::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 import zipfile
 from pathlib import Path
+
+from ideal_components.utils import md5sum
 
 __all__ = [
     "ALLOWED_DIRS",
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 #: top-level files of a bundle that go into the archive (everything else is left out)
-ALLOWED_FILES: tuple[str, ...] = ("LICENSE", "large_files.yml")
+ALLOWED_FILES: tuple[str, ...] = ("LICENSE",)
 #: top-level folders of a bundle whose files go into the archive
 ALLOWED_DIRS: tuple[str, ...] = ("configs", "docs")
 #: where the weights live in a bundle (the zoo's "preferred" model file, loaded by ``inference.json``)
@@ -57,20 +58,6 @@ _PLACEHOLDER_URL = "<publish models/model.pt (e.g. as a GitHub release asset) an
 # fixed member metadata so that the same inputs give a byte-identical archive
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _SKIPPED_NAMES = {"__pycache__", ".ipynb_checkpoints", ".DS_Store"}
-
-
-def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """The hex md5 digest of a file, read in chunks (the hash the model zoo's ``large_files.yml`` uses).
-
-    Args:
-        path: the file.
-        chunk_size: bytes read at a time.
-    """
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _yaml_str(value: str) -> str:
@@ -245,7 +232,6 @@ def package_bundle(
     from ideal_components import __version__
 
     members: list[tuple[str, Path | bytes]] = [(rel, root / rel) for rel in _bundle_files(root)]
-    members = [m for m in members if m[0] != "large_files.yml"]  # the repository's copy has no md5: regenerated
     members.append(("large_files.yml", large_files_yml(WEIGHTS_PATH, url=url, hash_val=hash_val).encode("utf-8")))
     members.append((f"{SCRIPTS_DIR}/__init__.py", scripts_init(__version__).encode("utf-8")))
     members += vendored_files()

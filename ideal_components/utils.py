@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writing.
+"""Small shared helpers: atomic file writing, content checksums.
 
 Every output of the package (prepared volumes, datalists, metrics, reports, phantoms, encoders) is written to a
 temporary file in the destination folder and moved into place with ``os.replace``, so a file is either absent or
@@ -7,13 +7,14 @@ complete, never truncated by a crash or a kill.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "md5sum"]
 
 
 @contextmanager
@@ -61,3 +62,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """The hex md5 of a file, read in chunks (the hash the model zoo's ``large_files.yml`` uses), or of a folder's
+    files (relative names and bytes, in sorted order: a DICOM series).
+
+    Args:
+        path: the file or folder.
+        chunk_size: bytes read at a time.
+    """
+    root = Path(path)
+    digest = hashlib.md5(usedforsecurity=False)
+    files = sorted(q for q in root.rglob("*") if q.is_file()) if root.is_dir() else [root]
+    for f in files:
+        if root.is_dir():
+            digest.update(f.relative_to(root).as_posix().encode("utf-8") + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(chunk_size), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -16,7 +16,8 @@ from monai.networks.nets import FlexibleUNet
 from monai.transforms import LoadImage
 
 from ideal_components.data.checks import DatalistCheck
-from ideal_components.inference import SegmentationOutputs, content_md5, split_format
+from ideal_components.inference import SegmentationOutputs, split_format
+from ideal_components.utils import md5sum as content_md5
 
 ARGS = ["--backbone", "resnet10", "--spatial_size", "[64,64]", "--num_workers", "0", "--progress", "False"]
 

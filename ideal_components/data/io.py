@@ -37,6 +37,21 @@ class DataError(ValueError):
     """A raw input file is missing, unreadable or inconsistent; the message names the file and the problem."""
 
 
+def _existing(path: str | os.PathLike, what: str, folder_ok: bool) -> Path:
+    """``path`` as a ``Path`` if it is a non-empty file (or, with ``folder_ok``, a folder holding files)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: missing {what} file.")
+    if path.is_dir():
+        if not folder_ok:
+            raise DataError(f"{path}: {what} path is not a file.")
+        if not any(p.is_file() for p in path.iterdir()):
+            raise DataError(f"{path}: empty {what} folder (no file of a DICOM series).")
+    elif path.stat().st_size == 0:
+        raise DataError(f"{path}: empty {what} file (0 bytes).")
+    return path
+
+
 def load_nifti(path: str | os.PathLike, expect_ndim: int = 3, what: str = "image") -> nib.Nifti1Image:
     """Read a NIfTI file completely and validate it.
 
@@ -58,13 +73,7 @@ def load_nifti(path: str | os.PathLike, expect_ndim: int = 3, what: str = "image
         img = load_nifti("training/patient001/patient001_frame01.nii.gz")
         data, affine = np.asanyarray(img.dataobj), img.affine
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: missing {what} file.")
-    if not path.is_file():
-        raise DataError(f"{path}: {what} path is not a file.")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty {what} file (0 bytes).")
+    path = _existing(path, what, folder_ok=False)
     try:
         img = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as e:
@@ -130,13 +139,7 @@ def load_image(
         return load_nifti(path, expect_ndim=expect_ndim, what=what)
     from monai.transforms import LoadImage
 
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: missing {what} file.")
-    if path.is_file() and path.stat().st_size == 0:
-        raise DataError(f"{path}: empty {what} file (0 bytes).")
-    if path.is_dir() and not any(p.is_file() for p in path.iterdir()):
-        raise DataError(f"{path}: empty {what} folder (no file of a DICOM series).")
+    path = _existing(path, what, folder_ok=True)
     try:
         img = LoadImage(reader=reader, image_only=True)(str(path))
     except Exception as e:  # the readers raise anything from RuntimeError to ITK's own errors
