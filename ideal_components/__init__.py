@@ -12,7 +12,9 @@ from typing import Any
 __version__ = "0.3.0"
 
 _SUBMODULES = (
+    "batchnorm",
     "cli",
+    "cpu",
     "data",
     "engines",
     "export",

@@ -15,11 +15,13 @@ engine's device type (bfloat16 by default on CPU) and a ``GradScaler`` on CUDA o
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.engines.workflow import Workflow
@@ -29,6 +31,8 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
+
+from ideal_components.batchnorm import batch_norm_groups, convert_group_batch_norm, group_batch_norm_layers
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum, Events
@@ -46,7 +50,12 @@ __all__ = [
     "default_forward_both",
     "shift_image",
     "overlapping_features",
+    "BATCH_STATISTICS",
 ]
+
+#: how :class:`CrossPseudoLabelTrainer` gives the labelled and the unlabelled slices their BatchNorm statistics
+BATCH_STATISTICS = ("per_group", "separate_forwards", "joint")
+_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
 
 def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
@@ -119,6 +128,13 @@ class _TwoStageTrainerBase(SupervisedTrainer):
 
             self.add_event_handler(Events.EPOCH_STARTED, _set_batch_sampler_epoch)
 
+    @staticmethod
+    def _network_input(engine: Any, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the network gets it: a plain tensor (a MetaTensor would route every layer's operations through
+        its ``__torch_function__``, and ``torch.compile`` needs plain tensors). A network in channels-last memory
+        format (the bundles' ``channels_last``) gives channels-last activations from a single-channel input."""
+        return x.as_tensor() if isinstance(x, MetaTensor) else x
+
     def run(self) -> None:  # type: ignore[override]
         """Run training; with ``amp`` a ``GradScaler`` is used on CUDA devices only (bfloat16 needs none)."""
         device = self.state.device
@@ -129,7 +145,7 @@ class _TwoStageTrainerBase(SupervisedTrainer):
     def _autocast(self, engine: Any) -> Any:
         device = engine.state.device
         device_type = device.type if isinstance(device, torch.device) else "cuda"
-        return torch.autocast(device_type, **engine.amp_kwargs) if engine.amp else _NullContext()
+        return torch.autocast(device_type, **engine.amp_kwargs) if engine.amp else contextlib.nullcontext()
 
     @staticmethod
     def _accumulation_flags(engine: Any) -> tuple[bool, bool]:
@@ -181,14 +197,6 @@ class _TwoStageTrainerBase(SupervisedTrainer):
         for k, v in list(output.items()):
             if str(k).startswith(Keys.LOSS) and isinstance(v, torch.Tensor):
                 output[k] = v.detach()
-
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: Any) -> None:
-        return None
 
 
 def _draw_shift(max_shift: int, device: torch.device) -> tuple[int, int]:
@@ -282,6 +290,10 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
             (per iteration, both axes, zero fill) and compare only the overlapping cells. With views of identical
             geometry a network can match location *i* to location *i* from position alone (padding makes absolute
             position visible); the shift removes that shortcut while keeping exact correspondences. ``0``: off.
+        compile: ``torch.compile`` the network (the query forward; the key forward runs eagerly), as
+            SupervisedTrainer's ``compile``.
+        compile_kwargs: ``torch.compile`` arguments, default ``{"dynamic": False}`` (the batch shape is fixed; with
+            dynamic shapes torch 2.13's inductor fails on MONAI's ResNet encoders).
 
     Raises:
         ValueError: the network has no ``forward_key``; a view key is missing from a batch.
@@ -324,6 +336,8 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
         accumulation_steps: int = 1,
         view_keys: Sequence[str] = ("image", "image_view2"),
         max_shift: int = 0,
+        compile: bool = False,
+        compile_kwargs: dict | None = None,
     ) -> None:
         view_keys = tuple(view_keys)
         if int(max_shift) < 0:
@@ -359,7 +373,8 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
             optim_set_to_none=optim_set_to_none,
             to_kwargs=to_kwargs,
             amp_kwargs=amp_kwargs,
-            compile=False,
+            compile=compile,
+            compile_kwargs={"dynamic": False} if compile_kwargs is None else compile_kwargs,
             accumulation_steps=accumulation_steps,
         )
         self.view_keys = view_keys
@@ -406,12 +421,13 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         with engine._autocast(engine):
-            q = engine.network(x1)
+            q = engine.network(engine._network_input(engine, x1))
             # keep at least half of each axis overlapping (a 2x2 map is never shifted)
             limit = min(engine.max_shift, (min(q.shape[-2:]) - 1) // 2)
             shift = _draw_shift(limit, x1.device) if limit > 0 else (0, 0)
             stride = (x1.shape[-2] // q.shape[-2], x1.shape[-1] // q.shape[-1])
             with torch.no_grad():
+                x2 = engine._network_input(engine, x2)
                 k = bare.forward_key(shift_image(x2, shift, stride) if shift != (0, 0) else x2)
             q, k = overlapping_features(q, k, shift)
             engine.state.output[Keys.PRED] = q
@@ -436,8 +452,8 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
     :class:`~ideal_components.transforms.EnsureLabeld`), ``labeled_key`` ``(B,)`` 0/1 flags (see
     :class:`~ideal_components.data.sampler.LabeledUnlabeledBatchSampler` for the batch composition).
 
-    One iteration: ``logits_a, logits_b = forward_both_fn(network, image)``, run once on the labelled and once on
-    the unlabelled slices of the batch (``separate_forward``) and put back in batch order;
+    One iteration: ``logits_a, logits_b = forward_both_fn(network, image)`` with each BatchNorm layer normalising
+    the labelled and the unlabelled slices with their own statistics (``batch_statistics``), in batch order;
     ``parts = loss_function.compute(logits_a, logits_b, label, labeled, epoch=e)`` with the fractional epoch
     ``e = state.epoch - 1 + (iteration in epoch) / epoch_length`` (for ramp-ups); backward of ``parts["loss"]``;
     optimizer step. A loss without ``compute`` is called as ``loss_function(logits_a, logits_b, label, labeled)``
@@ -481,12 +497,27 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         accumulation_steps: gradient accumulation as in SupervisedTrainer.
         labeled_key: batch key of the 0/1 flags.
         forward_both_fn: ``(network, image) -> (logits_a, logits_b)``, default :func:`default_forward_both`.
-        separate_forward: forward the labelled and the unlabelled slices of a batch separately (default), so that
-            BatchNorm normalises each group with its own batch statistics. With one joint forward the few labelled
-            volumes, which fill half of every batch, bias the statistics: on the 10 % phantom demo (``make demo``)
-            the test Dice was 0.24 before this option existed and is 0.86 with it, while the validation Dice looked
-            fine in both.
-            Costs no extra FLOPs (two half batches). A group of a single slice is forwarded with the other group.
+        batch_statistics: how the labelled and the unlabelled slices get their BatchNorm batch statistics.
+            With one joint forward the few labelled volumes, which fill half of every batch, bias the statistics:
+            on the 10 % phantom demo (``make demo``) the test Dice was 0.24 with joint statistics and 0.86 with
+            statistics per group, while the validation Dice looked fine in both. The options:
+
+            - ``"per_group"`` (default): one forward of the whole batch; the network's BatchNorm layers are
+              converted (in place, parameters and state dict unchanged) to
+              :class:`~ideal_components.batchnorm.GroupBatchNorm2d`, which normalise each group on its own. The
+              convolutions see the whole batch (what a GPU wants); outputs, loss and gradients equal
+              ``"separate_forwards"`` to float rounding. The running statistics that inference uses are updated
+              by the labelled, then the unlabelled group (see :mod:`ideal_components.batchnorm`).
+            - ``"separate_forwards"``: the reference: one forward of the labelled and one of the unlabelled
+              slices. Needed for normalisation layers that cannot be converted (e.g. ``SyncBatchNorm``).
+            - ``"joint"``: one forward, statistics of the mixed batch (the biased behaviour; for ablations).
+
+            A group of a single slice is normalised with the other group (BatchNorm may see one value per channel
+            at the deepest level, which it refuses in training mode). The groups are read from the batch's flags
+            on the host (the data loader's CPU tensor), so no device synchronisation is needed.
+        compile: ``torch.compile`` the network, as SupervisedTrainer's ``compile``.
+        compile_kwargs: ``torch.compile`` arguments, default ``{"dynamic": False}`` (the batch shape is fixed; with
+            dynamic shapes torch 2.13's inductor fails on MONAI's ResNet encoders).
 
     Raises:
         ValueError: a batch without label or flags, or a network without a two-branch forward.
@@ -530,8 +561,24 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         accumulation_steps: int = 1,
         labeled_key: str = "labeled",
         forward_both_fn: Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-        separate_forward: bool = True,
+        batch_statistics: str = "per_group",
+        compile: bool = False,
+        compile_kwargs: dict | None = None,
     ) -> None:
+        if batch_statistics not in BATCH_STATISTICS:
+            raise ValueError(f"batch_statistics must be one of {BATCH_STATISTICS}, got {batch_statistics!r}.")
+        bare = unwrap_network(network)
+        self._group_layers: list[torch.nn.Module] = []
+        if batch_statistics == "per_group":
+            self._group_layers = group_batch_norm_layers(convert_group_batch_norm(bare))
+            unconverted = [
+                type(m).__name__ for m in bare.modules() if isinstance(m, _BATCH_NORMS) and m not in self._group_layers
+            ]
+            if unconverted:
+                raise ValueError(
+                    f"batch_statistics='per_group' cannot convert {sorted(set(unconverted))} layers of "
+                    f"{type(bare).__name__}; use batch_statistics='separate_forwards'."
+                )
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -556,29 +603,54 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
             optim_set_to_none=optim_set_to_none,
             to_kwargs=to_kwargs,
             amp_kwargs=amp_kwargs,
-            compile=False,
+            compile=compile,
+            compile_kwargs={"dynamic": False} if compile_kwargs is None else compile_kwargs,
             accumulation_steps=accumulation_steps,
         )
         self.labeled_key = labeled_key
         self.forward_both_fn = default_forward_both if forward_both_fn is None else forward_both_fn
-        self.separate_forward = bool(separate_forward)
+        self.batch_statistics = batch_statistics
         self._init_common(train_data_loader)
 
     @staticmethod
-    def _forward_groups(engine: Any, inputs: torch.Tensor, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both branches' logits; labelled and unlabelled slices in separate forwards (see ``separate_forward``)."""
-        labeled = flags > 0.5
+    def _host_flags(flags: Any) -> torch.Tensor:
+        """The batch's labelled flags as a bool CPU tensor (a copy from the device only if a loader put them there)."""
+        flags = torch.as_tensor(flags).reshape(-1)
+        return (flags.cpu() if flags.device.type != "cpu" else flags) > 0.5
+
+    @staticmethod
+    def _forward_groups(engine: Any, inputs: torch.Tensor, labeled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches' logits in batch order, BatchNorm statistics per group (see ``batch_statistics``).
+
+        ``labeled`` is the bool CPU tensor of flags: groups, orders and sizes are worked out on the host.
+        """
         n_labeled = int(labeled.sum())
-        # a group of one slice stays in the joint forward: BatchNorm may see a single value per channel at the
+        # a group of one slice stays with the other group: BatchNorm may see a single value per channel at the
         # deepest level, which it refuses in training mode
-        if not engine.separate_forward or min(n_labeled, inputs.shape[0] - n_labeled) < 2:
+        if engine.batch_statistics == "joint" or min(n_labeled, inputs.shape[0] - n_labeled) < 2:
             return engine.forward_both_fn(engine.network, inputs)
         lab_idx, unl_idx = torch.nonzero(labeled).flatten(), torch.nonzero(~labeled).flatten()
-        lab_a, lab_b = engine.forward_both_fn(engine.network, inputs[lab_idx])
-        unl_a, unl_b = engine.forward_both_fn(engine.network, inputs[unl_idx])
+        in_order = n_labeled == 0 or int(lab_idx[-1]) == n_labeled - 1  # labelled slices first (the sampler's layout)
+        if in_order:
+            gather = restore = None
+        else:
+            gather = torch.cat([lab_idx, unl_idx]).to(inputs.device, non_blocking=True)
+            restore = torch.argsort(torch.cat([lab_idx, unl_idx])).to(inputs.device, non_blocking=True)
+        if engine.batch_statistics == "separate_forwards":
+            lab_x = inputs[:n_labeled] if gather is None else inputs[gather[:n_labeled]]
+            unl_x = inputs[n_labeled:] if gather is None else inputs[gather[n_labeled:]]
+            lab_a, lab_b = engine.forward_both_fn(engine.network, lab_x)
+            unl_a, unl_b = engine.forward_both_fn(engine.network, unl_x)
+            logits_a, logits_b = torch.cat([lab_a, unl_a]), torch.cat([lab_b, unl_b])
+        else:
+            with batch_norm_groups(engine._group_layers, (n_labeled, inputs.shape[0] - n_labeled)):
+                logits_a, logits_b = engine.forward_both_fn(
+                    engine.network, inputs if gather is None else inputs[gather]
+                )
+        if restore is None:
+            return logits_a, logits_b
         # back to batch order with a differentiable gather
-        restore = torch.argsort(torch.cat([lab_idx, unl_idx]))
-        return torch.cat([lab_a, unl_a])[restore], torch.cat([lab_b, unl_b])[restore]
+        return logits_a[restore], logits_b[restore]
 
     @staticmethod
     def fractional_epoch(engine: Any) -> float:
@@ -607,7 +679,8 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         inputs, targets = batch[0], batch[1]
         if targets is None:
             raise ValueError("CrossPseudoLabelTrainer needs a 'label' in every batch (EnsureLabeld adds placeholders).")
-        flags = torch.as_tensor(batchdata[engine.labeled_key]).reshape(-1).to(engine.state.device)
+        labeled = engine._host_flags(batchdata[engine.labeled_key])
+        flags = torch.as_tensor(batchdata[engine.labeled_key]).reshape(-1).to(engine.state.device, non_blocking=True)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, engine.labeled_key: flags}
         should_zero_grad, should_step = engine._accumulation_flags(engine)
 
@@ -616,7 +689,7 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         with engine._autocast(engine):
-            logits_a, logits_b = engine._forward_groups(engine, inputs, flags)
+            logits_a, logits_b = engine._forward_groups(engine, engine._network_input(engine, inputs), labeled)
             engine.state.output[Keys.PRED] = logits_a
             engine.state.output["pred_b"] = logits_b
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)

@@ -12,6 +12,7 @@ log-softmax form, so they are stable for small temperatures.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -32,6 +33,13 @@ def _check_temperature(temperature: float) -> float:
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
     return temperature
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device`` (nothing to disable on a device without autocast, e.g. ``meta``)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _float32(x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +199,7 @@ class LocalContrastiveLoss(_Loss):
             raise ValueError("empty batch: query and key have batch size 0.")
         if c == 0:
             raise ValueError("query and key have no feature channels (C == 0).")
-        with torch.autocast(device_type=query.device.type, enabled=False):
+        with _autocast_off(query.device):
             q, k = _float32(q), _float32(k)
             if self.max_locations is not None and n > self.max_locations:
                 idx = self.sample_locations(b, n, q.device).unsqueeze(1).expand(b, c, self.max_locations)
@@ -271,7 +279,7 @@ class GlobalContrastiveLoss(_Loss):
         b = z1.shape[0]
         if b < 2:
             raise ValueError(f"GlobalContrastiveLoss needs a batch of at least 2 samples (negatives), got {b}.")
-        with torch.autocast(device_type=z1.device.type, enabled=False):
+        with _autocast_off(z1.device):
             z = torch.cat([_float32(z1), _float32(z2)], dim=0)
             if z.ndim > 2:
                 z = z.flatten(2).mean(dim=2)
@@ -308,6 +316,10 @@ class CrossPseudoLabelLoss(_Loss):
         confidence_threshold: in ``[0, 1)``; pseudo-labels whose confidence is below it are ignored.
         dice_weight: weight ``>= 0`` of the soft Dice terms on labelled samples (0: not computed).
         include_background_dice: whether the Dice terms include the background class.
+        check_values: also check the values of the inputs on every call (flags 0/1, label finite, integer and in
+            ``[0, K)`` on labelled samples). Each check reads a device tensor on the host, a synchronisation per
+            step on a GPU, so it is off by default: the bundles check labels on the data side
+            (:class:`~ideal_components.transforms.EnsureLabeld` with ``num_classes``). Shapes are always checked.
 
     Shapes:
         logits_a, logits_b: ``(B, K, H, W)`` or ``(B, K, D, H, W)``, ``K >= 2``; label: ``(B, 1, *spatial)`` class
@@ -331,6 +343,7 @@ class CrossPseudoLabelLoss(_Loss):
         confidence_threshold: float = 0.0,
         dice_weight: float = 0.0,
         include_background_dice: bool = False,
+        check_values: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("unlabeled_weight", unlabeled_weight), ("dice_weight", dice_weight)):
@@ -345,7 +358,11 @@ class CrossPseudoLabelLoss(_Loss):
         self.confidence_threshold = float(confidence_threshold)
         self.dice_weight = float(dice_weight)
         self.include_background_dice = bool(include_background_dice)
-        self.dice = DiceLoss(softmax=True, to_onehot_y=True, include_background=self.include_background_dice)
+        self.check_values = bool(check_values)
+        # per-sample, per-class Dice, averaged here over the labelled samples with a mask (no host-side indexing)
+        self.dice = DiceLoss(
+            softmax=True, to_onehot_y=True, include_background=self.include_background_dice, reduction="none"
+        )
 
     def unlabeled_weight_at(self, epoch: float | None = None) -> float:
         """``unlabeled_weight * sigmoid_rampup(epoch, rampup_epochs)`` (``epoch=None``: no ramp-up)."""
@@ -394,23 +411,27 @@ class CrossPseudoLabelLoss(_Loss):
         flags = torch.as_tensor(labeled, device=logits_a.device).reshape(-1)
         if flags.numel() != b:
             raise ValueError(f"labeled must hold one flag per sample ({b}), got {flags.numel()}.")
-        if flags.dtype != torch.bool:
-            if not bool(((flags == 0) | (flags == 1)).all()):
-                raise ValueError(f"labeled flags must be bool or 0/1, got {flags.tolist()}.")
-            flags = flags != 0
         lab = label[:, 0]
-        if lab.is_floating_point():
-            if not bool(torch.isfinite(lab).all()) or not bool((lab == lab.round()).all()):
-                raise ValueError("label must hold integer class indices (got non-integer values).")
-        elif lab.dtype == torch.bool or lab.is_complex():
+        if lab.dtype == torch.bool or lab.is_complex():
             raise ValueError(f"label must hold integer class indices, got dtype {lab.dtype}.")
-        lab = lab.long()
+        if self.check_values:
+            self._check_values(flags, lab, k)
+        flags = flags if flags.dtype == torch.bool else flags != 0
+        return lab.long(), flags
+
+    @staticmethod
+    def _check_values(flags: torch.Tensor, lab: torch.Tensor, k: int) -> None:
+        """The value checks of ``check_values`` (each one a device-to-host read)."""
+        if flags.dtype != torch.bool and not bool(((flags == 0) | (flags == 1)).all()):
+            raise ValueError(f"labeled flags must be bool or 0/1, got {flags.tolist()}.")
+        flags = flags if flags.dtype == torch.bool else flags != 0
+        if lab.is_floating_point() and (not bool(torch.isfinite(lab).all()) or not bool((lab == lab.round()).all())):
+            raise ValueError("label must hold integer class indices (got non-integer values).")
         if bool(flags.any()):
-            sup = lab[flags]
+            sup = lab[flags].long()
             lo, hi = int(sup.min()), int(sup.max())
             if lo < 0 or hi >= k:
                 raise ValueError(f"label values must be in [0, {k}) for {k} classes, got values in [{lo}, {hi}].")
-        return lab, flags
 
     def compute(
         self,
@@ -437,7 +458,7 @@ class CrossPseudoLabelLoss(_Loss):
         lab, flags = self._validate(logits_a, logits_b, label, labeled)
         spatial = (1,) * (lab.ndim - 1)
         sup_mask = flags.view(-1, *spatial).expand_as(lab)
-        with torch.autocast(device_type=logits_a.device.type, enabled=False):
+        with _autocast_off(logits_a.device):
             la, lb = _float32(logits_a), _float32(logits_b)
             # one log-softmax per branch serves both CE terms and the pseudo-labels (the supervised and the
             # pseudo-label pixels are disjoint, so each term reads its own pixels of the same log-probabilities)
@@ -462,11 +483,11 @@ class CrossPseudoLabelLoss(_Loss):
             loss = supervised + self.unlabeled_weight_at(epoch) * cross_pseudo
             out = {"supervised": supervised, "cross_pseudo": cross_pseudo}
             if self.dice_weight > 0:
-                if bool(flags.any()):
-                    lab_c = lab[flags].unsqueeze(1)
-                    dice = self.dice(la[flags], lab_c) + self.dice(lb[flags], lab_c)
-                else:
-                    dice = (la.sum() + lb.sum()) * 0.0
+                # mean over the labelled samples and the classes; an exact 0 (still in the graph) without any
+                # (the placeholder labels of unlabelled samples give finite values that the mask removes)
+                lab_c, weight = lab.unsqueeze(1), flags.to(la.dtype)
+                per_sample = self.dice(la, lab_c).flatten(1).mean(1) + self.dice(lb, lab_c).flatten(1).mean(1)
+                dice = (per_sample * weight).sum() / weight.sum().clamp_min(1)
                 out["dice"] = dice
                 loss = loss + self.dice_weight * dice
         out["loss"] = loss

@@ -180,10 +180,14 @@ class TwoBranchFlexibleUNet(nn.Module):
         dropout: dropout of both decoders.
         decoder_bias: bias of both decoders' convolutions.
         interp_mode: interpolation of decoder B; ``"bilinear"`` becomes ``"trilinear"`` when ``spatial_dims=3``.
+        is_pad: both decoders pad a feature map whose size is odd before concatenating it with the skip connection
+            (FlexibleUNet's default), so that any input size works. Sizes divisible by 32 need no padding and give
+            the same outputs with ``False``, which ``torch.compile`` needs (torch 2.13 cannot trace the backward of
+            MONAI's zero-width replicate padding).
 
     Shapes:
-        ``(B, in_channels, H, W[, D])`` -> ``(B, out_channels, H, W[, D])``; with ``is_pad`` (FlexibleUNet's default)
-        any size works, sizes divisible by 32 avoid padding.
+        ``(B, in_channels, H, W[, D])`` -> ``(B, out_channels, H, W[, D])``; with ``is_pad`` any size works,
+        without it the sizes must be divisible by 32.
 
     Example:
         >>> net = TwoBranchFlexibleUNet(in_channels=1, out_channels=4, backbone="resnet10")
@@ -205,6 +209,7 @@ class TwoBranchFlexibleUNet(nn.Module):
         dropout: float | tuple = 0.0,
         decoder_bias: bool = False,
         interp_mode: str = "bilinear",
+        is_pad: bool = True,
     ) -> None:
         super().__init__()
         entry = _backbone_entry(backbone, spatial_dims)
@@ -223,6 +228,7 @@ class TwoBranchFlexibleUNet(nn.Module):
             dropout=dropout,
             decoder_bias=decoder_bias,
             upsample="deconv",
+            is_pad=is_pad,
         )
         if spatial_dims == 3 and interp_mode == "bilinear":
             interp_mode = "trilinear"
@@ -242,7 +248,7 @@ class TwoBranchFlexibleUNet(nn.Module):
             pre_conv="default",
             interp_mode=interp_mode,
             align_corners=None,
-            is_pad=True,
+            is_pad=is_pad,
         )
         self.segmentation_head_b = SegmentationHead(
             spatial_dims=spatial_dims, in_channels=dec_chns[-1], out_channels=out_channels, kernel_size=3, act=None

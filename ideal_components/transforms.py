@@ -135,9 +135,14 @@ class EnsureLabeld(MapTransform):
         ref_key: key of the image giving the placeholder's spatial shape.
         labeled_key: key of the 0/1 flag.
         dtype: dtype of the placeholder (``LoadImaged`` gives float32 labels by default).
+        num_classes: when set, the label of a labelled item must hold finite integer class indices in
+            ``[0, num_classes)``. The check runs here, on the loader's CPU workers, so that the training step need
+            not read labels back from the GPU (:class:`~ideal_components.losses.CrossPseudoLabelLoss` does not
+            check values by default).
 
     Raises:
-        ValueError: ``ref_key`` is missing when a placeholder is needed, or the flag says 1 with no label.
+        ValueError: ``ref_key`` is missing when a placeholder is needed, the flag says 1 with no label, or (with
+            ``num_classes``) a label value is not a class index; the message names the item and the label file.
 
     Example::
 
@@ -151,8 +156,12 @@ class EnsureLabeld(MapTransform):
         ref_key: str = "image",
         labeled_key: str = "labeled",
         dtype: torch.dtype | str = torch.float32,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__(keys=[label_key], allow_missing_keys=True)
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+            raise ValueError(f"num_classes must be None or a positive integer, got {num_classes!r}.")
+        self.num_classes = None if num_classes is None else int(num_classes)
         self.label_key = label_key
         self.ref_key = ref_key
         self.labeled_key = labeled_key
@@ -164,6 +173,8 @@ class EnsureLabeld(MapTransform):
         flag = d.get(self.labeled_key)
         if has_label:
             d[self.labeled_key] = 1 if flag is None else int(flag)
+            if self.num_classes is not None and d[self.labeled_key]:
+                self._check_classes(d)
             return d
         if flag is not None and int(flag):
             name = d.get("id", d.get(self.ref_key) if isinstance(d.get(self.ref_key), str) else None)
@@ -181,3 +192,21 @@ class EnsureLabeld(MapTransform):
         d[self.label_key] = zeros
         d[self.labeled_key] = 0
         return d
+
+    def _check_classes(self, d: dict) -> None:
+        label = d[self.label_key]
+        label = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)
+        problem = None
+        if label.is_floating_point() and not bool(torch.isfinite(label).all()):
+            problem = "non-finite values (NaN or inf)"
+        elif label.is_floating_point() and not bool((label == label.round()).all()):
+            problem = "non-integer values"
+        elif label.numel() and (int(label.min()) < 0 or int(label.max()) >= self.num_classes):
+            problem = f"values in [{int(label.min())}, {int(label.max())}], outside [0, {self.num_classes})"
+        if problem is not None:
+            meta = getattr(d[self.label_key], "meta", {}) or {}
+            source = meta.get("filename_or_obj", "")
+            where = f"item {d.get('id', '?')!r}" + (f" (label file {source})" if source else "")
+            raise ValueError(
+                f"{where}: the label has {problem}; expected class indices for {self.num_classes} classes."
+            )

@@ -270,7 +270,7 @@ def test_cross_pseudo_label_plain_loss_and_errors():
         trainer._iteration(trainer, batch)
 
 
-def _one_iteration_logits(separate_forward, flags):
+def _one_iteration_logits(batch_statistics, flags):
     torch.manual_seed(0)
     net = _seg_net()
     x = torch.rand(len(flags), 1, SIZE, SIZE)
@@ -278,7 +278,7 @@ def _one_iteration_logits(separate_forward, flags):
     trainer = CrossPseudoLabelTrainer(
         device=DEVICE, max_epochs=1, train_data_loader=[batch], network=net, decollate=False,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.0), loss_function=CrossPseudoLabelLoss(),
-        separate_forward=separate_forward,
+        batch_statistics=batch_statistics,
     )  # fmt: skip
     trainer.run()
     torch.manual_seed(0)
@@ -286,21 +286,37 @@ def _one_iteration_logits(separate_forward, flags):
     return trainer.state.output, ref, x
 
 
-def test_labelled_and_unlabelled_slices_are_normalised_separately():
+@pytest.mark.parametrize("mode", ["per_group", "separate_forwards"])
+def test_labelled_and_unlabelled_slices_are_normalised_separately(mode):
     flags = [0.0, 1.0, 0.0, 1.0, 0.0]  # mixed positions: the logits must come back in batch order
-    out, ref, x = _one_iteration_logits(True, flags)
+    out, ref, x = _one_iteration_logits(mode, flags)
     lab, unl = torch.tensor([1, 3]), torch.tensor([0, 2, 4])
     exp_lab_a, exp_lab_b = ref.forward_both(x[lab])  # BatchNorm statistics of the labelled slices only
     exp_unl_a, exp_unl_b = ref.forward_both(x[unl])
     torch.testing.assert_close(out["pred"][lab].detach(), exp_lab_a.detach())
     torch.testing.assert_close(out["pred_b"][unl].detach(), exp_unl_b.detach())
     # one joint forward gives other values for the same slices (the statistics of the mixed batch)
-    joint, _, _ = _one_iteration_logits(False, flags)
+    joint, _, _ = _one_iteration_logits("joint", flags)
     torch.testing.assert_close(joint["pred"].detach(), ref.forward_both(x)[0].detach())
     assert not torch.allclose(joint["pred"][lab].detach(), exp_lab_a.detach(), atol=1e-3)
     # an all-labelled batch is one forward either way
-    all_lab, ref, x = _one_iteration_logits(True, [1.0, 1.0])
+    all_lab, ref, x = _one_iteration_logits(mode, [1.0, 1.0])
     torch.testing.assert_close(all_lab["pred"].detach(), ref.forward_both(x)[0].detach())
+
+
+def test_batch_statistics_option_errors():
+    net = _seg_net()
+    kwargs = dict(device=DEVICE, max_epochs=1, train_data_loader=[], network=net, loss_function=CrossPseudoLabelLoss())
+    with pytest.raises(ValueError, match="batch_statistics must be one of"):
+        CrossPseudoLabelTrainer(optimizer=torch.optim.SGD(net.parameters(), lr=0.0), batch_statistics="x", **kwargs)
+    sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(_seg_net())
+    kwargs["network"] = sync
+    with pytest.raises(ValueError, match="SyncBatchNorm.*separate_forwards"):
+        CrossPseudoLabelTrainer(optimizer=torch.optim.SGD(sync.parameters(), lr=0.0), **kwargs)
+    trainer = CrossPseudoLabelTrainer(
+        optimizer=torch.optim.SGD(sync.parameters(), lr=0.0), batch_statistics="separate_forwards", **kwargs
+    )
+    assert trainer.batch_statistics == "separate_forwards"
 
 
 class _BranchNet(TwoBranchFlexibleUNet):
@@ -446,3 +462,62 @@ def test_pretrain_shift_is_limited_on_tiny_maps():
     )
     trainer.run()  # a shift on a 2x2 map would leave a single location and no negative
     assert np.isfinite(float(trainer.state.output["loss"]))
+
+
+@pytest.mark.parametrize("batch_statistics", ["per_group", "separate_forwards", "joint"])
+def test_iterations_never_read_a_device_tensor_on_the_host(batch_statistics):
+    """On the ``meta`` device every host read (``.item()``, ``bool(t)``, ``int(t)``, ``.tolist()``, ``nonzero``,
+    ``.cpu()``) raises, so an iteration that runs there has no device-to-host synchronisation per step (what a GPU
+    would wait for). The flags are read on the host from the loader's CPU tensor."""
+    meta = torch.device("meta")
+    net = TwoBranchFlexibleUNet(out_channels=3, backbone="resnet10").to(meta)
+    flags = torch.tensor([0, 1, 1, 0, 0])  # out of order: the gather / restore path
+    batch = {"image": torch.rand(5, 1, SIZE, SIZE), "label": torch.zeros(5, 1, SIZE, SIZE), "labeled": flags}
+    loss = CrossPseudoLabelLoss(dice_weight=1.0, rampup_epochs=2, confidence_threshold=0.5)
+    trainer = CrossPseudoLabelTrainer(
+        device=meta, max_epochs=2, train_data_loader=[batch, batch], network=net, decollate=False,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3), loss_function=loss, batch_statistics=batch_statistics,
+    )  # fmt: skip
+    trainer.run()
+    assert trainer.state.iteration == 4 and trainer.state.output["loss"].device == meta
+
+    # the detector works: the loss's opt-in value checks read the device and fail there
+    trainer.loss_function = CrossPseudoLabelLoss(check_values=True)
+    with pytest.raises(RuntimeError, match="meta"):
+        trainer._iteration(trainer, batch)
+
+
+def test_pretraining_iteration_never_reads_a_device_tensor_on_the_host():
+    meta = torch.device("meta")
+    net = DenseContrastiveNet(backbone="resnet10", feature_level=-2, momentum=0.99).to(meta)
+    batch = {"image": torch.rand(4, 1, 64, 64), "image_view2": torch.rand(4, 1, 64, 64)}
+    trainer = ContrastivePretrainTrainer(
+        device=meta, max_epochs=2, train_data_loader=[batch], network=net, decollate=False, max_shift=1,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3), loss_function=LocalContrastiveLoss(max_locations=8),
+    )  # fmt: skip
+    trainer.run()
+    assert trainer.state.iteration == 2 and trainer.state.output["loss"].device == meta
+
+
+@pytest.mark.slow
+def test_compile_option_gives_the_eager_step():
+    """``compile=True`` (what the bundles' ``compile`` id sets) trains the same as eager, per-group BatchNorm
+    included; the network needs ``is_pad=False`` (the bundles set it from ``compile``)."""
+    batch = {"image": torch.rand(4, 1, 64, 64), "label": torch.randint(0, 3, (4, 1, 64, 64)).float()}
+    batch["labeled"] = torch.tensor([1, 1, 0, 0])
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        net = TwoBranchFlexibleUNet(out_channels=3, backbone="resnet10", is_pad=False)
+        trainer = CrossPseudoLabelTrainer(
+            device=DEVICE, max_epochs=1, train_data_loader=[batch] * 3, network=net, decollate=False,
+            optimizer=torch.optim.Adam(net.parameters(), 1e-3), loss_function=CrossPseudoLabelLoss(), compile=compiled,
+        )  # fmt: skip
+        seen = []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(float(e.state.output["loss"])))
+        trainer.run()
+        losses[compiled] = seen
+        assert (type(trainer.network).__name__ == "OptimizedModule") is compiled
+    # the first loss is the same forward; Adam's normalised steps then amplify the fused kernels' rounding
+    np.testing.assert_allclose(losses[True][0], losses[False][0], rtol=1e-5)
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)

@@ -436,12 +436,9 @@ def test_cps_unlabelled_placeholder_labels_not_checked():
         (lambda la, lb, y, f: (la, lb, y[:, 0], f), "rank"),
         (lambda la, lb, y, f: (la, lb, y[..., :4], f), "does not match"),
         (lambda la, lb, y, f: (la, lb, y, f[:3]), "one flag per sample"),
-        (lambda la, lb, y, f: (la, lb, y, f * 2), "0/1"),
         (lambda la, lb, y, f: (la[:0], lb[:0], y[:0], f[:0]), "empty batch"),
         (lambda la, lb, y, f: (la[:, :1], lb[:, :1], y, f), "at least 2 classes"),
-        (lambda la, lb, y, f: (la, lb, y + 3, f), "\\[0, 3\\)"),
-        (lambda la, lb, y, f: (la, lb, y - 1, f), "\\[0, 3\\)"),
-        (lambda la, lb, y, f: (la, lb, y.float() + 0.5, f), "integer"),
+        (lambda la, lb, y, f: (la, lb, y.bool(), f), "dtype"),
     ],
 )
 def test_cps_forward_errors(change, match):
@@ -449,6 +446,29 @@ def test_cps_forward_errors(change, match):
     flags = torch.tensor([1, 0, 1, 0])
     with pytest.raises(ValueError, match=match):
         CrossPseudoLabelLoss()(*change(la, lb, label, flags))
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda la, lb, y, f: (la, lb, y, f * 2), "0/1"),
+        (lambda la, lb, y, f: (la, lb, y + 3, f), "\\[0, 3\\)"),
+        (lambda la, lb, y, f: (la, lb, y - 1, f), "\\[0, 3\\)"),
+        (lambda la, lb, y, f: (la, lb, y.float() + 0.5, f), "integer"),
+        (lambda la, lb, y, f: (la, lb, y.float() * float("nan"), f), "integer"),
+    ],
+)
+def test_cps_value_errors_with_check_values(change, match):
+    la, lb, label = _cps_inputs()
+    flags = torch.tensor([1, 0, 1, 0])
+    with pytest.raises(ValueError, match=match):
+        CrossPseudoLabelLoss(check_values=True)(*change(la, lb, label, flags))
+    # by default values are not read on the host (a device sync per step): EnsureLabeld(num_classes=...) checks
+    # labels on the data side instead (out-of-range classes still stop in torch's own nll_loss bounds check)
+    try:
+        CrossPseudoLabelLoss()(*change(la, lb, label, flags))
+    except IndexError as e:
+        assert "out of bounds" in str(e)
 
 
 @pytest.mark.parametrize(

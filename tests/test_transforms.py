@@ -153,3 +153,22 @@ def test_ensure_labeld_flags_and_errors():
         EnsureLabeld()({"image": img, "labeled": 1, "id": "p3"})
     with pytest.raises(ValueError, match="no 'image'"):
         EnsureLabeld()({"other": img})
+
+
+def test_ensure_labeld_checks_class_indices_on_the_data_side(volumes):
+    root, _ = volumes
+    loaded = LoadImaged("label", image_only=True)({"label": str(root / "labelsTr/p1.nii.gz")})["label"]  # 0 and 2
+    item = {"image": torch.zeros(1, H, W, D), "label": loaded, "id": "p1"}
+    assert EnsureLabeld(num_classes=3)(item)["labeled"] == 1
+    with pytest.raises(ValueError, match=r"item 'p1' \(label file .*p1.nii.gz\).*\[0, 2\], outside \[0, 2\)"):
+        EnsureLabeld(num_classes=2)(item)
+    bad = {"image": torch.zeros(1, 2, 2), "label": torch.tensor([[[0.0, 1.5], [0, 0]]]), "id": "p9"}
+    with pytest.raises(ValueError, match="item 'p9': the label has non-integer values"):
+        EnsureLabeld(num_classes=4)(bad)
+    bad["label"] = torch.tensor([[[0.0, float("nan")], [0, 0]]])
+    with pytest.raises(ValueError, match="NaN"):
+        EnsureLabeld(num_classes=4)(bad)
+    # an unlabelled item (flag 0) is not checked: its label never reaches the loss
+    assert EnsureLabeld(num_classes=4)({**bad, "labeled": 0})["labeled"] == 0
+    with pytest.raises(ValueError, match="num_classes"):
+        EnsureLabeld(num_classes=0)

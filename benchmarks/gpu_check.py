@@ -1,0 +1,204 @@
+"""GPU check: training steps, pre-training step, inference rate and peak memory on one CUDA device.
+
+Run through ``benchmarks/gpu_check.sh`` (about 2-4 minutes on a recent GPU; under 8 by design) or, to check that the
+script works without a GPU, ``benchmarks/gpu_check.sh --cpu`` (tiny sizes, seconds; run by the test suite).
+
+Measured, each with AMP off and on (``torch.autocast`` float16 + GradScaler, as the bundles' ``amp`` on CUDA),
+channels-last as the bundles' default:
+
+- the cross-pseudo-label step (``CrossPseudoLabelTrainer``, ``batch_statistics="per_group"`` and
+  ``"separate_forwards"``) against a MONAI ``SupervisedTrainer`` step (FlexibleUNet, cross-entropy) on the same
+  L + U slices, and the FLOP floor of their ratio;
+- the pre-training step (``ContrastivePretrainTrainer`` + ``DenseContrastiveNet`` + ``LocalContrastiveLoss``, the
+  bundles' pre-training settings);
+- inference: volumes per second of the bundles' ``SliceInferer`` over in-memory volumes (network only; the whole
+  ``inference.json`` pipeline is ``benchmarks/bench_inference.py``);
+- peak device memory of each (``torch.cuda.max_memory_allocated``).
+
+Step times: ``engine.run()`` of a one-iteration epoch between two ``torch.cuda.synchronize()``, after warm-up runs;
+medians. Writes ``benchmarks/results/gpu.md`` (``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_train_step import NUM_CLASSES, count_flops, make_batch  # noqa: E402
+from monai.engines import SupervisedTrainer  # noqa: E402
+from monai.inferers import SliceInferer  # noqa: E402
+from monai.losses import DiceCELoss  # noqa: E402
+from monai.networks.nets import FlexibleUNet  # noqa: E402
+
+from ideal_components.engines import ContrastivePretrainTrainer, CrossPseudoLabelTrainer  # noqa: E402
+from ideal_components.losses import CrossPseudoLabelLoss, LocalContrastiveLoss  # noqa: E402
+from ideal_components.networks import DenseContrastiveNet, TwoBranchFlexibleUNet  # noqa: E402
+
+SIZES = {  # --cpu: a check that the script runs, not a measurement
+    "gpu": {"backbone": "resnet50", "size": 192, "labeled": 8, "unlabeled": 8, "pretrain_batch": 16, "slices": 10},
+    "cpu": {"backbone": "resnet10", "size": 64, "labeled": 2, "unlabeled": 2, "pretrain_batch": 4, "slices": 3},
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
+def time_runs(run, device: torch.device, warmup: int, repeats: int) -> tuple[float, float]:
+    """(median seconds of ``run()``, peak memory GiB over the timed runs)."""
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    _reset_peak(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), _peak_gib(device)
+
+
+def _net(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def train_steps(cfg: dict, device: torch.device, amp: bool, args: argparse.Namespace) -> dict[str, tuple]:
+    batch = make_batch(cfg["labeled"], cfg["unlabeled"], cfg["size"])
+    common = dict(device=device, max_epochs=1, epoch_length=1, train_data_loader=[batch], amp=amp)
+    out = {}
+    for mode in ("per_group", "separate_forwards"):
+        torch.manual_seed(0)
+        net = _net(TwoBranchFlexibleUNet(out_channels=NUM_CLASSES, backbone=cfg["backbone"], is_pad=False), device)
+        engine = CrossPseudoLabelTrainer(
+            network=net, optimizer=torch.optim.Adam(net.parameters(), 1e-4), loss_function=CrossPseudoLabelLoss(),
+            batch_statistics=mode, **common,
+        )  # fmt: skip
+        out[f"CPL ({mode})"] = time_runs(engine.run, device, args.warmup, args.repeats)
+    torch.manual_seed(0)
+    net = _net(FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv", is_pad=False), device)
+    engine = SupervisedTrainer(
+        network=net, optimizer=torch.optim.Adam(net.parameters(), 1e-4),
+        loss_function=DiceCELoss(lambda_dice=0.0, to_onehot_y=True, softmax=True), **common,
+    )  # fmt: skip
+    out["plain SupervisedTrainer"] = time_runs(engine.run, device, args.warmup, args.repeats)
+    return out
+
+
+def pretrain_step(cfg: dict, device: torch.device, amp: bool, args: argparse.Namespace) -> tuple:
+    g = torch.Generator().manual_seed(0)
+    shape = (cfg["pretrain_batch"], 1, cfg["size"], cfg["size"])
+    batch = {"image": torch.randn(*shape, generator=g), "image_view2": torch.randn(*shape, generator=g)}
+    torch.manual_seed(0)
+    net = _net(DenseContrastiveNet(backbone=cfg["backbone"], feature_level=-2, momentum=0.99), device)
+    engine = ContrastivePretrainTrainer(
+        device=device, max_epochs=1, epoch_length=1, train_data_loader=[batch], network=net, amp=amp, max_shift=2,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-5), loss_function=LocalContrastiveLoss(max_locations=1024),
+    )  # fmt: skip
+    return time_runs(engine.run, device, args.warmup, args.repeats)
+
+
+def inference_rate(cfg: dict, device: torch.device, amp: bool, args: argparse.Namespace) -> tuple:
+    torch.manual_seed(0)
+    net = _net(FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv"), device).eval()
+    inferer = SliceInferer(roi_size=(cfg["size"], cfg["size"]), sw_batch_size=4, spatial_dim=2)
+    volume = torch.randn(1, 1, cfg["size"], cfg["size"], cfg["slices"], device=device)
+
+    def run() -> None:
+        with torch.no_grad(), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            inferer(volume, net).softmax(1).argmax(1)
+
+    seconds, peak = time_runs(run, device, args.warmup, args.repeats)
+    return 1.0 / seconds, peak
+
+
+def report(device: torch.device, cfg: dict, results: dict, floor: float, wall: float, args: argparse.Namespace) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
+    cmd = "bash benchmarks/gpu_check.sh" + (" --cpu" if args.cpu else "")
+    lines = [
+        "# GPU check",
+        "",
+        f"Command: `{cmd}`. Device: {name}; torch {torch.__version__}; channels-last networks; "
+        f"{args.warmup} warm-up and {args.repeats} timed runs each, medians. Sizes: {cfg['backbone']}, "
+        f"{cfg['size']}x{cfg['size']} slices, CPL batch {cfg['labeled']} labelled + {cfg['unlabeled']} unlabelled, "
+        f"pre-training batch {cfg['pretrain_batch']}, inference volumes of {cfg['slices']} slices.",
+        "",
+        f"FLOP floor of CPL / plain (convolutions, forward): {floor:.3f}x.",
+        "",
+        "| what | AMP | time (s) or rate | vs plain step | peak memory (GiB) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for amp in (False, True):
+        steps = results[amp]["train"]
+        plain = steps["plain SupervisedTrainer"][0]
+        for what, (sec, peak) in steps.items():
+            lines.append(f"| {what} step | {'on' if amp else 'off'} | {sec:.4f} s | {sec / plain:.2f}x | {peak:.2f} |")
+        sec, peak = results[amp]["pretrain"]
+        lines.append(f"| pre-training step | {'on' if amp else 'off'} | {sec:.4f} s | | {peak:.2f} |")
+        rate, peak = results[amp]["inference"]
+        lines.append(
+            f"| inference (network + SliceInferer) | {'on' if amp else 'off'} | {rate:.1f} volumes/s | | {peak:.2f} |"
+        )
+    lines += ["", f"Wall time: {wall:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU: checks that the script runs")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 5 on GPU, 1 on CPU)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 20 on GPU, 2 on CPU)")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "gpu.md"))
+    args = parser.parse_args(argv)
+    if not args.cpu and not torch.cuda.is_available():
+        parser.error("no CUDA device: run on a GPU machine, or with --cpu to check the script itself")
+    device = torch.device("cpu" if args.cpu else "cuda")
+    args.warmup = (1 if args.cpu else 5) if args.warmup is None else args.warmup
+    args.repeats = (2 if args.cpu else 20) if args.repeats is None else args.repeats
+    cfg = SIZES["cpu" if args.cpu else "gpu"]
+    torch.backends.cudnn.benchmark = True
+    t0 = time.perf_counter()
+    x = make_batch(cfg["labeled"], cfg["unlabeled"], cfg["size"])["image"]
+    two = TwoBranchFlexibleUNet(out_channels=NUM_CLASSES, backbone=cfg["backbone"])
+    plain = FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv")
+    floor = count_flops(two.forward_both, x)[0] / count_flops(plain, x)[0]
+    results = {}
+    for amp in (False, True):
+        results[amp] = {
+            "train": train_steps(cfg, device, amp, args),
+            "pretrain": pretrain_step(cfg, device, amp, args),
+            "inference": inference_rate(cfg, device, amp, args),
+        }
+        print(f"AMP {'on' if amp else 'off'}: done", flush=True)
+    text = report(device, cfg, results, floor, time.perf_counter() - t0, args)
+    print(text)
+    if args.output:
+        from ideal_components.utils import atomic_write_text
+
+        atomic_write_text(args.output, text)
+        print(f"written to {args.output}")
+    return text
+
+
+if __name__ == "__main__":
+    main()
