@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "ideal_components.sweep:sweep",
     "package_bundle": "ideal_components.package:package_bundle",
     "export_onnx": "ideal_components.export:export_onnx",
+    "probe": "ideal_components.probe:probe",
 }
 
 

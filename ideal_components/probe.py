@@ -1,0 +1,388 @@
+"""Representation probe: how much does a pre-trained encoder alone help segmentation, compared with another one?
+
+The encoder is frozen; only its BatchNorm running statistics are re-estimated, the same way for every encoder (the
+statistics reset, ``momentum=None``: a cumulative average over a fixed, evenly spaced set of ``bn_slices``
+unlabelled training slices, in train mode without gradients, then eval mode). A per-pixel linear classifier (a 1x1
+convolution on channel-standardised features, the standard deviations floored at a tenth of their mean: logistic
+regression, Adam) is fitted on the concatenated ``levels`` of the encoder's feature maps (by default all five of a
+ResNet, strides 2 to 32), each resized (bilinear) to a grid of ``1 / feature_stride`` of the slice size; its logits
+are up-sampled (bilinear) to the slice size, which equals classifying bilinearly up-sampled features. The classifier
+is fitted on the slices of ``num_labeled`` training volumes and scored by the test Dice (MONAI's ``compute_dice`` on
+argmax predictions, foreground classes, an empty reference counts 1 for an empty prediction and 0 otherwise; mean
+over the classes per volume, then over the ``test`` volumes). Slices are along the last axis, as in the bundles.
+
+The encoder ``A`` and the baseline ``B`` are compared on pairs: every (seed, labelled volumes) combination fits one
+classifier per encoder with the same seed (initialisation, slice sampling and mini-batch order) on the same slices.
+The report holds the mean paired difference ``A - B`` with a percentile bootstrap 95 % interval over the pairs, the
+sign count, each encoder's mean Dice and its pretext accuracy (:func:`pretext_accuracy` on two photometric views of
+the same slices, as ``pretrain.json`` draws them, the key view shifted by whole feature cells; pre-training's random
+affine is left out: it is the same for both views, so it changes no correspondence).
+
+Command line (``--seeds 0,1,2``: python-fire reads comma-separated lists)::
+
+    python -m ideal_components probe --dataset_dir PREPARED --encoder models/pretrained_encoder.pt \\
+        --baseline random:0 --backbone resnet18 --seeds 0,1,2 --labeled_volumes 3 --out probe.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.metrics import compute_dice
+from monai.transforms import LoadImage
+from monai.utils import convert_to_tensor
+from torch import nn
+from tqdm import tqdm
+
+from ideal_components.data.prepare import parse_bool, parse_pair
+from ideal_components.engines import overlapping_features, shift_image
+from ideal_components.networks import build_flexunet_encoder, flexunet_encoder_channels, load_pretrained_encoder
+from ideal_components.utils import atomic_write_text
+
+__all__ = ["pretext_accuracy", "probe"]
+
+
+def pretext_accuracy(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Top-1 positive retrieval of the dense local contrastive pretext.
+
+    For every image and query location ``n`` the key locations of the same image are ranked by the cosine similarity
+    of the L2-normalised features; the query counts as correct when its own location ``n`` is strictly the most
+    similar (a tie with another location counts as wrong, so identical features cannot be retrieved).
+
+    Args:
+        query: ``(B, C, H, W)`` features of the first view.
+        key: ``(B, C, H, W)`` features of the second view, aligned: location ``n`` corresponds to ``query``'s ``n``
+            (e.g. after :func:`~ideal_components.engines.overlapping_features`).
+
+    Returns:
+        a float32 scalar tensor: the fraction of the ``B * H * W`` query locations retrieved correctly.
+
+    Example:
+        >>> q = torch.randn(2, 8, 4, 4)
+        >>> pretext_accuracy(q, q).item(), pretext_accuracy(q, q.flip(-1)).item()
+        (1.0, 0.0)
+    """
+    if query.ndim != 4 or query.shape != key.shape:
+        raise ValueError(f"query and key must be (B, C, H, W) of one shape, got {tuple(query.shape)}, {key.shape}.")
+    q, k = F.normalize(query.flatten(2).float(), dim=1), F.normalize(key.flatten(2).float(), dim=1)
+    n = q.shape[-1]
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=q.device)
+    hits = []
+    for qb, kb in zip(q, k):  # one (N, N) similarity matrix at a time
+        sim = qb.t() @ kb
+        best_other = sim.masked_fill(~off_diagonal, -float("inf")).amax(1)
+        hits.append(sim.diagonal() > best_other)
+    return torch.cat(hits).float().mean()
+
+
+def _int_list(value: Any, name: str) -> list[int]:
+    """``3``, ``"0,1 2"``, ``(0, 1)`` -> a list of distinct ints (order kept)."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    items = items if isinstance(items, (list, tuple)) else [items]
+    out: list[int] = []
+    for v in items:
+        if isinstance(v, bool) or not str(v).strip().lstrip("-").isdigit():
+            raise ValueError(f"{name} must be integers, got {value!r}.")
+        out += [] if int(v) in out else [int(v)]
+    if not out:
+        raise ValueError(f"{name} is empty.")
+    return out
+
+
+def _load_encoder(spec: str, backbone: str, device: torch.device) -> nn.Module:
+    """``random:SEED`` (``torch.manual_seed(SEED)``, then a fresh encoder) or a ``pretrained_encoder.pt`` file."""
+    spec = str(spec)
+    if spec.startswith("random:"):
+        seed = spec[len("random:") :]
+        if not seed.isdigit():
+            raise ValueError(f"unknown encoder {spec!r}: write random:SEED with a non-negative integer SEED.")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            encoder = build_flexunet_encoder(backbone, in_channels=1)
+        return encoder.to(device)
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"encoder file not found: {spec} (give a pretrained_encoder.pt or random:SEED).")
+    holder = nn.Module()
+    holder.encoder = build_flexunet_encoder(backbone, in_channels=1)
+    try:
+        load_pretrained_encoder(holder, spec, strict=True, required=True)
+    except Exception as e:  # a foreign pickle, another backbone, no encoder keys: all name the file
+        raise ValueError(f"encoder file {spec} does not load into a {backbone!r} encoder: {e}") from e
+    return holder.encoder.to(device)
+
+
+@torch.no_grad()
+def _reestimate_batch_norm(encoder: nn.Module, slices: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """Reset every BatchNorm's running statistics and average them (``momentum=None``) over ``slices``; eval mode."""
+    for m in encoder.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    encoder.train()
+    for chunk in slices.tensor_split(max(1, len(slices) // batch_size)):  # near-equal chunks: none of size 1
+        encoder(chunk.to(device))
+    encoder.eval()
+
+
+@torch.no_grad()
+def _features(encoder: nn.Module, x: torch.Tensor, levels: Sequence[int], stride: int, device: torch.device):
+    """``(N, 1, H, W)`` slices -> ``(N, C, H // stride, W // stride)``: the ``levels`` resized and concatenated."""
+    grid = (max(1, x.shape[-2] // stride), max(1, x.shape[-1] // stride))
+    out = []
+    for chunk in x.split(16):
+        feats = encoder(chunk.to(device))
+        out.append(torch.cat([F.interpolate(feats[i], size=grid, mode="bilinear") for i in levels], 1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _pretext(encoder: nn.Module, slices: torch.Tensor, level: int, opts: dict, device: torch.device) -> float:
+    """Mean :func:`pretext_accuracy` over ``slices`` (views and shifts drawn from a fixed seed: the same for all)."""
+    g = torch.Generator().manual_seed(opts["pretext_seed"])
+    correct = total = 0.0
+    for x in slices.split(opts["batch_size"]):
+        views = []
+        for _ in range(2):  # RandScaleIntensity (x * (1 + f)), RandShiftIntensity (+ o), clipped to [0, 1]
+            f = (torch.rand(len(x), 1, 1, 1, generator=g) * 2 - 1) * opts["contrast"]
+            o = (torch.rand(len(x), 1, 1, 1, generator=g) * 2 - 1) * opts["brightness"]
+            views.append((x * (1 + f) + o).clamp(0, 1).to(device))
+        q = encoder(views[0])[level]
+        limit = min(opts["max_shift"], (min(q.shape[-2:]) - 1) // 2)  # as ContrastivePretrainTrainer
+        shift = tuple(torch.randint(-limit, limit + 1, (2,), generator=g).tolist()) if limit > 0 else (0, 0)
+        stride = (x.shape[-2] // q.shape[-2], x.shape[-1] // q.shape[-1])
+        q, k = overlapping_features(q, encoder(shift_image(views[1], shift, stride))[level], shift)
+        n = q.shape[0] * q.shape[-2] * q.shape[-1]
+        correct, total = correct + float(pretext_accuracy(q, k)) * n, total + n
+    return correct / total
+
+
+def _fit(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, opts: dict):
+    """Logistic regression on standardised features (Adam, mini-batches of slices); returns the folded ``(W, b)``."""
+    g = torch.Generator().manual_seed(seed)
+    mean, std = feats.mean((0, 2, 3)), feats.std((0, 2, 3))
+    std = std.clamp_min(0.1 * float(std.mean()) + 1e-6)  # a floor: near-constant channels must not blow up
+    x = (feats - mean[:, None, None]) / std[:, None, None]
+    w = (torch.randn(num_classes, feats.shape[1], 1, 1, generator=g) * 0.01).to(feats.device).requires_grad_()
+    b = torch.zeros(num_classes, device=feats.device, requires_grad=True)
+    optimizer, order, bs = torch.optim.Adam([w, b], lr=opts["lr"]), [], min(opts["batch_size"], len(x))
+    for _ in range(opts["steps"]):
+        order += torch.randperm(len(x), generator=g).tolist() if len(order) < bs else []
+        idx, order = order[:bs], order[bs:]
+        logits = F.interpolate(F.conv2d(x[idx], w, b), size=labels.shape[-2:], mode="bilinear")
+        loss = F.cross_entropy(logits, labels[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    w = w.detach().flatten(1) / std
+    return w, b.detach() - w @ mean
+
+
+def _volume(item: dict, key: str, size: tuple | None) -> torch.Tensor:
+    """A prepared volume as slices: images ``(D, 1, H, W)`` float, labels ``(D, H, W)`` long (resized to ``size``)."""
+    vol = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True)(item[key])
+    vol = convert_to_tensor(vol, track_meta=False)  # a plain tensor: no MetaTensor bookkeeping per operation
+    if vol.ndim != 4 or vol.shape[0] != 1:
+        raise ValueError(f"{item[key]}: expected a single-channel 3D volume, got shape {tuple(vol.shape[1:])}.")
+    x = vol.permute(3, 0, 1, 2).float()
+    if size is not None and tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="nearest" if key == "label" else "bilinear")
+    return x[:, 0].round().long() if key == "label" else x
+
+
+def _spaced(total: int, count: int) -> np.ndarray:
+    """Up to ``count`` distinct, evenly spaced indices in ``[0, total)``."""
+    return np.unique(np.linspace(0, total - 1, count).round().astype(int))
+
+
+def _bootstrap_ci(diffs: np.ndarray, resamples: int, seed: int) -> list[float]:
+    """Percentile bootstrap 95 % interval of the mean of ``diffs`` (resampling the pairs)."""
+    means = diffs[np.random.default_rng(seed).integers(0, len(diffs), (resamples, len(diffs)))].mean(1)
+    return [float(v) for v in np.percentile(means, [2.5, 97.5])]
+
+
+def probe(
+    dataset_dir: str,
+    encoder: str,
+    baseline: str = "random:0",
+    backbone: str = "resnet18",
+    out: str = "probe.json",
+    seeds: Any = (0, 1, 2),
+    labeled_volumes: int = 3,
+    num_labeled: int = 1,
+    levels: Any = (0, 1, 2, 3, 4),
+    feature_stride: int = 4,
+    max_train_slices: int = 64,
+    bn_slices: int = 64,
+    steps: int = 150,
+    lr: float = 0.01,
+    batch_size: int = 8,
+    spatial_size: Any = None,
+    pretext_level: int = -2,
+    pretext_slices: int = 32,
+    max_shift: int = 2,
+    brightness: float = 0.3,
+    contrast: float = 0.3,
+    bootstrap: int = 2000,
+    bootstrap_seed: int = 0,
+    device: str = "cpu",
+    progress: Any = False,
+) -> str:
+    """Compare encoder ``A`` with baseline ``B`` by linear probing (see the module docstring); write ``out``.
+
+    Args:
+        dataset_dir: a prepared folder holding ``datalist.json`` (keys ``training`` and ``test``).
+        encoder: ``A``: a ``pretrained_encoder.pt`` (loaded strictly) or ``random:SEED``.
+        baseline: ``B``, the same forms.
+        backbone: the FlexibleUNet backbone of both encoders.
+        out: the JSON report (written atomically).
+        seeds: classifier seeds (``0,1,2``); each seed and labelled set makes one pair.
+        labeled_volumes: number of labelled sets: training volumes with a label file, sorted by id, sets starting at
+            evenly spaced positions (distinct single volumes for ``num_labeled=1``).
+        num_labeled: ``K``, the volumes per labelled set, consecutive in that order (the sets are disjoint while
+            ``labeled_volumes * K`` does not exceed the volumes with a label).
+        levels: the encoder levels to concatenate (ResNets: strides 2, 4, 8, 16, 32 for 0..4; all by default).
+        feature_stride: the classifier's grid is ``1 / feature_stride`` of the slice size.
+        max_train_slices: at most this many slices of a labelled set (drawn with the seed).
+        bn_slices: unlabelled training slices (evenly spaced over all) for the BatchNorm statistics.
+        steps: Adam steps of each classifier.
+        lr: the classifier's learning rate.
+        batch_size: slices per classifier step (and per BatchNorm / pretext batch).
+        spatial_size: resize slices in-plane to this size (``None``: as prepared).
+        pretext_level: the feature level of the pretext accuracy (``pretrain.json``'s ``feature_level``, -2).
+        pretext_slices: slices (a subset of the BatchNorm slices) for the pretext accuracy.
+        max_shift: the key view's shift in feature cells, at most, as in pre-training.
+        brightness: photometric offset range of the views, as in pre-training.
+        contrast: photometric scale range of the views, as in pre-training.
+        bootstrap: bootstrap resamples of the pairs.
+        bootstrap_seed: the bootstrap's RNG seed.
+        device: torch device (``cpu``, ``cuda``).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``out``; its JSON holds ``mean_difference`` (A - B), ``ci95``, ``sign_count``, ``mean_dice``,
+        ``pretext_accuracy``, ``pairs`` (``seed``, ``labeled``, ``dice_encoder``, ``dice_baseline``, ``difference``)
+        and ``settings``.
+
+    Example::
+
+        python -m ideal_components probe --dataset_dir prepared --encoder models/pretrained_encoder.pt \\
+            --baseline random:0 --backbone resnet18 --seeds 0,1,2 --labeled_volumes 3 --out probe.json
+    """
+    settings = {k: v for k, v in locals().items() if k not in ("encoder", "baseline", "out", "progress")}
+    seeds, levels = _int_list(seeds, "seeds"), _int_list(levels, "levels")
+    n_levels, dev = len(flexunet_encoder_channels(backbone)), torch.device(device)
+    if any(s < 0 for s in seeds) or any(not -n_levels <= i < n_levels for i in levels + [int(pretext_level)]):
+        raise ValueError(f"seeds must be >= 0 and levels in [{-n_levels}, {n_levels - 1}]: {seeds}, {levels}.")
+    size = None if spatial_size in (None, "None", "none", "") else parse_pair(spatial_size, "spatial_size", int)
+    settings.update(seeds=seeds, levels=levels, spatial_size=size, steps=int(steps), lr=float(lr), device=str(dev))
+    settings.update(batch_size=int(batch_size), max_shift=int(max_shift), pretext_seed=0)
+    show, datalist_file = parse_bool(progress, "progress"), os.path.join(dataset_dir, "datalist.json")
+    if not os.path.isfile(datalist_file):
+        raise FileNotFoundError(f"datalist not found: {datalist_file} (run prepare_acdc / prepare_mmwhs first).")
+    with open(datalist_file) as f:
+        datalist = json.load(f)
+    split = {}
+    for key in ("training", "test"):
+        split[key] = [
+            {**d, **{k: os.path.join(dataset_dir, d[k]) for k in ("image", "label") if d.get(k)}}
+            for d in datalist.get(key) or []
+        ]
+        if not split[key]:
+            raise ValueError(f"{datalist_file}: the {key!r} list is empty or missing.")
+    # the labelled sets: training volumes with a label file, by id; sets of K consecutive from evenly spaced starts
+    ids = sorted(
+        (str(d.get("id", d["image"])), i)
+        for i, d in enumerate(split["training"])
+        if d.get("label") and os.path.isfile(d["label"])
+    )
+    n, k = len(ids), int(num_labeled)
+    if not 1 <= k <= n or not 1 <= int(labeled_volumes) <= n:
+        raise ValueError(
+            f"{datalist_file}: {n} training volumes have a label; cannot pick labeled_volumes="
+            f"{labeled_volumes} distinct sets of num_labeled={num_labeled} volumes."
+        )
+    groups = [
+        [split["training"][ids[(i * n // int(labeled_volumes) + j) % n][1]] for j in range(k)]
+        for i in range(int(labeled_volumes))
+    ]
+    # the same unlabelled slices for every encoder: evenly spaced over all training slices
+    counts = [int(d["num_slices"]) for d in split["training"]]
+    picks, offsets = _spaced(sum(counts), max(2, int(bn_slices))), np.cumsum([0] + counts)
+    vol = np.searchsorted(offsets, picks, side="right") - 1  # the volume of each picked slice
+    bn_x = torch.cat(
+        [_volume(split["training"][v], "image", size)[picks[vol == v] - offsets[v]] for v in np.unique(vol)]
+    )
+    pretext_x = bn_x[_spaced(len(bn_x), max(1, int(pretext_slices)))]
+    sets = [
+        (torch.cat([_volume(d, "image", size) for d in g]), torch.cat([_volume(d, "label", size) for d in g]))
+        for g in groups
+    ]
+    test = [(_volume(d, "image", size), _volume(d, "label", size)) for d in split["test"]]
+    names = (datalist.get("preparation") or {}).get("label_names") or {}
+    num_classes = max([len(names)] + [int(y.max()) + 1 for _, y in sets + test])
+    settings.update(num_classes=num_classes, bn_slices=len(bn_x), pretext_slices=len(pretext_x))
+
+    dice, pretext = {}, {}
+    bar = tqdm(total=2 * (len(sets) * len(seeds) + len(test)), desc="probe", disable=not show)
+    for role, spec in (("encoder", encoder), ("baseline", baseline)):
+        net = _load_encoder(spec, backbone, dev).requires_grad_(False)
+        _reestimate_batch_norm(net, bn_x, settings["batch_size"], dev)
+        pretext[role] = _pretext(net, pretext_x, int(pretext_level), settings, dev)
+        weights, biases = [], []
+        for x, y in sets:
+            feats = _features(net, x, levels, int(feature_stride), dev)
+            for seed in seeds:
+                keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: int(max_train_slices)]
+                keep = keep.sort().values
+                w, b = _fit(feats[keep.to(dev)], y[keep].to(dev), num_classes, seed, settings)
+                weights, biases = weights + [w], biases + [b]
+                bar.update()
+        w_all, b_all, per_volume = torch.cat(weights)[..., None, None], torch.cat(biases), []
+        for x, y in test:  # every classifier at once: (D, M * K, h, w) logits, argmax -> (M, H, W, D)
+            logits = F.conv2d(_features(net, x, levels, int(feature_stride), dev), w_all, b_all)
+            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear").unflatten(1, (len(weights), -1))
+            pred = F.one_hot(logits.argmax(2).permute(1, 2, 3, 0), num_classes).permute(0, 4, 1, 2, 3).float()
+            ref = F.one_hot(y.to(dev).permute(1, 2, 0), num_classes).permute(3, 0, 1, 2)[None].expand_as(pred)
+            per_volume.append(compute_dice(pred, ref.float(), include_background=False, ignore_empty=False).mean(1))
+            bar.update()
+        dice[role] = torch.stack(per_volume).mean(0).tolist()  # the mean test Dice of each (set, seed) classifier
+    bar.close()
+
+    pairs = [{"seed": s, "labeled": [d.get("id", d["image"]) for d in g]} for g in groups for s in seeds]
+    for p, a, b in zip(pairs, dice["encoder"], dice["baseline"]):
+        p.update(dice_encoder=a, dice_baseline=b, difference=a - b)
+    diffs = np.array([p["difference"] for p in pairs])
+    signs = {"encoder_better": (diffs > 0).sum(), "baseline_better": (diffs < 0).sum(), "ties": (diffs == 0).sum()}
+    result = {
+        "encoder": str(encoder),
+        "baseline": str(baseline),
+        "mean_difference": float(diffs.mean()),
+        "ci95": _bootstrap_ci(diffs, int(bootstrap), int(bootstrap_seed)),
+        "sign_count": {key: int(v) for key, v in signs.items()},
+        "mean_dice": {role: float(np.mean(v)) for role, v in dice.items()},
+        "pretext_accuracy": pretext,
+        "pairs": pairs,
+        "settings": {**settings, "test_volumes": [d.get("id", d["image"]) for d in split["test"]]},
+    }
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    sc, ci = result["sign_count"], result["ci95"]
+    print(
+        f"probe ({backbone}, levels {levels}): {len(test)} test volumes, {len(pairs)} pairs "
+        f"({labeled_volumes} labelled sets of {num_labeled} x {len(seeds)} seeds)\n"
+        f"{'':12} {'':<40} {'mean Dice':>9} {'pretext acc':>11}"
+    )
+    for role, spec in (("encoder A", encoder), ("baseline B", baseline)):
+        key = role.split()[0]
+        name = str(spec) if len(str(spec)) <= 40 else "..." + str(spec)[-37:]
+        print(f"{role:<12} {name:<40} {result['mean_dice'][key]:9.4f} {pretext[key]:11.4f}")
+    print(
+        f"A - B: {result['mean_difference']:+.4f}  ci95 [{ci[0]:+.4f}, {ci[1]:+.4f}]  "
+        f"A>B {sc['encoder_better']}  A<B {sc['baseline_better']}  ties {sc['ties']}"
+    )
+    return out
