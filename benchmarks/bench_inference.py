@@ -11,8 +11,8 @@ short-axis volumes of ``--slices`` slices (``--shape`` in-plane voxels at 1.25 m
   (``SliceInferer``), softmax, inversion back to the input's grid, argmax, the atomic write of the segmentation and
   its sidecar (md5 of the input and the model). The model is loaded once per run (``CheckpointLoader``); the config
   is built before the clock starts.
-- ``network``: the bare ``FlexibleUNet`` forward (eval, ``no_grad``) on the same number of 192x192 slices per volume,
-  in batches of ``sw_batch_size`` (8), as ``SliceInferer`` feeds it.
+- ``network``: the bare ``FlexibleUNet`` forward (eval, ``no_grad``, channels-last as the bundles' default) on the same
+  number of 192x192 slices per volume, in batches of ``sw_batch_size`` (8), as ``SliceInferer`` feeds it.
 
 Medians over ``--repeats`` runs, the two measurements interleaved. The overhead is ``end to end / network - 1``.
 ``--profile`` adds where one end-to-end run spends its time (``cProfile``, cumulative seconds of the stages).
@@ -125,6 +125,7 @@ def main() -> None:
         torch.manual_seed(0)
         net = FlexibleUNet(1, 4, backbone=args.backbone, spatial_dims=2, upsample="deconv").eval()
         torch.save(net.state_dict(), root / "models" / "model.pt")
+        net = net.to(memory_format=torch.channels_last)  # the bundles' channels_last default, as inference.json runs it
         slices = torch.rand(args.slices, 1, 192, 192)
 
         def network() -> float:
