@@ -39,13 +39,14 @@ DEMO_PATIENTS ?= 20
 DEMO_FRACTION ?= 10
 DEMO_PRETRAIN_EPOCHS ?= 10
 DEMO_EPOCHS ?= 16
+DEMO_SEED ?= 0
 DEMO_BUNDLE := bundles/ideal_acdc
 DEMO_RUN = $(PY) -m monai.bundle run --meta_file $(DEMO_BUNDLE)/configs/metadata.json \
 	--logging_file $(DEMO_BUNDLE)/configs/logging.conf --bundle_root $(DEMO_DIR)/bundle \
 	--dataset_dir $(DEMO_DIR)/prepared
 # resnet18 on a 2 mm / 128x128 grid and lr 1e-3 so that it fits a 2-core CPU; the bundle defaults are the paper's
 # (resnet50, 1.367 mm / 192x192, lr 1e-5)
-DEMO_OVERRIDES = --backbone resnet18 --spatial_size "[128,128]" --learning_rate 1e-3 --num_workers 0 --seed 0
+DEMO_OVERRIDES = --backbone resnet18 --spatial_size "[128,128]" --learning_rate 1e-3 --num_workers 0 --seed $(DEMO_SEED)
 DEMO_TRAIN_OVERRIDES = --dice_weight 1.0
 
 demo: $(STAMP)
