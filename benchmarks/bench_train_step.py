@@ -56,7 +56,6 @@ from monai.engines.utils import IterationEvents  # noqa: E402
 from monai.losses import DiceCELoss  # noqa: E402
 from monai.networks.nets import FlexibleUNet  # noqa: E402
 
-from ideal_components.batchnorm import batch_norm_groups  # noqa: E402
 from ideal_components.cpu import retain_freed_memory  # noqa: E402
 from ideal_components.engines import BATCH_STATISTICS, CrossPseudoLabelTrainer  # noqa: E402
 from ideal_components.losses import CrossPseudoLabelLoss  # noqa: E402
@@ -232,8 +231,7 @@ def bench_backbone(backbone: str, threads: int, args: argparse.Namespace) -> dic
     batch = make_batch(args.labeled, args.unlabeled, args.size)
     (cpl, net_cpl, opt_cpl), (sup, net_sup, opt_sup) = build_engines(backbone, batch, args)
     x = batch["image"]
-    with batch_norm_groups(net_cpl, (args.labeled, args.unlabeled) if min(args.labeled, args.unlabeled) > 1 else None):
-        fl_cpl = count_flops(net_cpl.forward_both, x)
+    fl_cpl = count_flops(net_cpl.forward_both, x)
     fl_sup = count_flops(net_sup, x)
     net_cpl.zero_grad(set_to_none=True)
     net_sup.zero_grad(set_to_none=True)

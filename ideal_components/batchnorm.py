@@ -68,7 +68,7 @@ class _GroupBatchNormFunction(torch.autograd.Function):
             )  # fmt: skip
             save_means.append(mean), save_invstds.append(invstd)
             start += n
-        ctx.sizes, ctx.eps, ctx.has_weight, ctx.has_bias = tuple(sizes), eps, weight is not None, bias is not None
+        ctx.sizes, ctx.eps = tuple(sizes), eps
         ctx.save_for_backward(x, weight, *save_means, *save_invstds)
         return out
 
@@ -87,7 +87,7 @@ class _GroupBatchNormFunction(torch.autograd.Function):
         start = 0
         for n, mean, invstd in zip(ctx.sizes, means, invstds):
             gx = grad_x.narrow(0, start, n) if need_x else x.new_empty(0)
-            gw, gb = (weight.new_empty(0), weight.new_empty(0)) if ctx.has_weight else (x.new_empty(0), x.new_empty(0))
+            gw, gb = (x if weight is None else weight).new_empty(0), (x if weight is None else weight).new_empty(0)
             torch.ops.aten.native_batch_norm_backward.out(
                 grad_out.narrow(0, start, n), x.narrow(0, start, n), weight, None, None, mean, invstd, True, ctx.eps,
                 [need_x, need_w, need_b], out0=gx, out1=gw, out2=gb,

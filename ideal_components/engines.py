@@ -613,12 +613,6 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         self._init_common(train_data_loader)
 
     @staticmethod
-    def _host_flags(flags: Any) -> torch.Tensor:
-        """The batch's labelled flags as a bool CPU tensor (a copy from the device only if a loader put them there)."""
-        flags = torch.as_tensor(flags).reshape(-1)
-        return (flags.cpu() if flags.device.type != "cpu" else flags) > 0.5
-
-    @staticmethod
     def _forward_groups(engine: Any, inputs: torch.Tensor, labeled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both branches' logits in batch order, BatchNorm statistics per group (see ``batch_statistics``).
 
@@ -679,8 +673,10 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         inputs, targets = batch[0], batch[1]
         if targets is None:
             raise ValueError("CrossPseudoLabelTrainer needs a 'label' in every batch (EnsureLabeld adds placeholders).")
-        labeled = engine._host_flags(batchdata[engine.labeled_key])
-        flags = torch.as_tensor(batchdata[engine.labeled_key]).reshape(-1).to(engine.state.device, non_blocking=True)
+        raw_flags = torch.as_tensor(batchdata[engine.labeled_key]).reshape(-1)
+        # groups are worked out from the loader's CPU tensor (a copy from the device only if a loader put them there)
+        labeled = raw_flags.cpu() > 0.5
+        flags = raw_flags.to(engine.state.device, non_blocking=True)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, engine.labeled_key: flags}
         should_zero_grad, should_step = engine._accumulation_flags(engine)
 

@@ -23,6 +23,8 @@ from monai.losses import DiceLoss
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from ideal_components.transforms import class_index_problem
+
 __all__ = ["LocalContrastiveLoss", "GlobalContrastiveLoss", "CrossPseudoLabelLoss", "sigmoid_rampup"]
 
 _IGNORE_INDEX = -100
@@ -425,13 +427,9 @@ class CrossPseudoLabelLoss(_Loss):
         if flags.dtype != torch.bool and not bool(((flags == 0) | (flags == 1)).all()):
             raise ValueError(f"labeled flags must be bool or 0/1, got {flags.tolist()}.")
         flags = flags if flags.dtype == torch.bool else flags != 0
-        if lab.is_floating_point() and (not bool(torch.isfinite(lab).all()) or not bool((lab == lab.round()).all())):
-            raise ValueError("label must hold integer class indices (got non-integer values).")
-        if bool(flags.any()):
-            sup = lab[flags].long()
-            lo, hi = int(sup.min()), int(sup.max())
-            if lo < 0 or hi >= k:
-                raise ValueError(f"label values must be in [0, {k}) for {k} classes, got values in [{lo}, {hi}].")
+        problem = class_index_problem(lab[flags], k)
+        if problem is not None:
+            raise ValueError(f"label must hold integer class indices in [0, {k}) on labelled samples: {problem}.")
 
     def compute(
         self,

@@ -17,7 +17,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 
-__all__ = ["ExtractSliced", "EnsureLabeld"]
+__all__ = ["ExtractSliced", "EnsureLabeld", "class_index_problem"]
 
 
 def _source_name(img: Any, data: Mapping, key: Hashable) -> str:
@@ -120,6 +120,26 @@ class ExtractSliced(MapTransform):
         return d
 
 
+def class_index_problem(label: Any, num_classes: int) -> str | None:
+    """What keeps ``label`` from being class indices in ``[0, num_classes)``, or ``None`` when nothing does.
+
+    Args:
+        label: a tensor or array of any shape (integer, or integer-valued float).
+        num_classes: the number of classes.
+
+    Returns:
+        e.g. ``"non-integer values"`` or ``"values in [0, 5], outside [0, 4)"``; ``None`` for a valid label.
+    """
+    label = torch.as_tensor(label)
+    if label.is_floating_point() and not bool(torch.isfinite(label).all()):
+        return "non-finite values (NaN or inf)"
+    if label.is_floating_point() and not bool((label == label.round()).all()):
+        return "non-integer values"
+    if label.numel() and (int(label.min()) < 0 or int(label.max()) >= num_classes):
+        return f"values in [{int(label.min())}, {int(label.max())}], outside [0, {num_classes})"
+    return None
+
+
 class EnsureLabeld(MapTransform):
     """Make every item carry a label and a ``labeled`` flag, so that labelled and unlabelled slices collate.
 
@@ -195,14 +215,7 @@ class EnsureLabeld(MapTransform):
 
     def _check_classes(self, d: dict) -> None:
         label = d[self.label_key]
-        label = label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label)
-        problem = None
-        if label.is_floating_point() and not bool(torch.isfinite(label).all()):
-            problem = "non-finite values (NaN or inf)"
-        elif label.is_floating_point() and not bool((label == label.round()).all()):
-            problem = "non-integer values"
-        elif label.numel() and (int(label.min()) < 0 or int(label.max()) >= self.num_classes):
-            problem = f"values in [{int(label.min())}, {int(label.max())}], outside [0, {self.num_classes})"
+        problem = class_index_problem(label.as_tensor() if isinstance(label, MetaTensor) else label, self.num_classes)
         if problem is not None:
             meta = getattr(d[self.label_key], "meta", {}) or {}
             source = meta.get("filename_or_obj", "")
