@@ -21,13 +21,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.engines.workflow import Workflow
 from monai.inferers import Inferer
 from monai.transforms import Transform
-from monai.utils import IgniteInfo, min_version, optional_import
+from monai.utils import IgniteInfo, convert_to_tensor, min_version, optional_import
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
@@ -127,13 +126,6 @@ class _TwoStageTrainerBase(SupervisedTrainer):
                 batch_sampler.set_epoch(engine.state.epoch)
 
             self.add_event_handler(Events.EPOCH_STARTED, _set_batch_sampler_epoch)
-
-    @staticmethod
-    def _network_input(engine: Any, x: torch.Tensor) -> torch.Tensor:
-        """``x`` as the network gets it: a plain tensor (a MetaTensor would route every layer's operations through
-        its ``__torch_function__``, and ``torch.compile`` needs plain tensors). A network in channels-last memory
-        format (the bundles' ``channels_last``) gives channels-last activations from a single-channel input."""
-        return x.as_tensor() if isinstance(x, MetaTensor) else x
 
     def run(self) -> None:  # type: ignore[override]
         """Run training; with ``amp`` a ``GradScaler`` is used on CUDA devices only (bfloat16 needs none)."""
@@ -421,13 +413,15 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         with engine._autocast(engine):
-            q = engine.network(engine._network_input(engine, x1))
+            # plain tensors into the network: a MetaTensor would route every layer's operations through its
+            # __torch_function__, and torch.compile needs plain tensors
+            q = engine.network(convert_to_tensor(x1, track_meta=False))
             # keep at least half of each axis overlapping (a 2x2 map is never shifted)
             limit = min(engine.max_shift, (min(q.shape[-2:]) - 1) // 2)
             shift = _draw_shift(limit, x1.device) if limit > 0 else (0, 0)
             stride = (x1.shape[-2] // q.shape[-2], x1.shape[-1] // q.shape[-1])
             with torch.no_grad():
-                x2 = engine._network_input(engine, x2)
+                x2 = convert_to_tensor(x2, track_meta=False)
                 k = bare.forward_key(shift_image(x2, shift, stride) if shift != (0, 0) else x2)
             q, k = overlapping_features(q, k, shift)
             engine.state.output[Keys.PRED] = q
@@ -685,7 +679,8 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
             engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         with engine._autocast(engine):
-            logits_a, logits_b = engine._forward_groups(engine, engine._network_input(engine, inputs), labeled)
+            plain = convert_to_tensor(inputs, track_meta=False)  # see ContrastivePretrainTrainer._iteration
+            logits_a, logits_b = engine._forward_groups(engine, plain, labeled)
             engine.state.output[Keys.PRED] = logits_a
             engine.state.output["pred_b"] = logits_b
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
