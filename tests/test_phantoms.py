@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
@@ -9,7 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from ideal_components.data import phantoms
 from ideal_components.data.phantoms import (
+    ACDC_DIFFICULTIES,
     ACDC_GROUPS,
     MMWHS_LABELS,
     MMWHS_STRAY_LABELS,
@@ -134,6 +137,117 @@ def test_acdc_overwrite(tmp_path):
         synth_acdc(str(tmp_path), patients=1, seed=-1)
 
 
+# sha256 of the arrays of standard patient003 (seed 0) ED image and label, computed before the hard preset existed
+_STANDARD_P003_ED = {
+    "": "6c00fc79d3344893c52ea3b0eb763af181cd854616859d3c4079013dad21a977",
+    "_gt": "30675eb3f9a0ff87d44b91c8de75173aa7c6876ca3af063f055ca75956dacd5c",
+}
+
+
+def test_acdc_standard_preset_unchanged(acdc_root):
+    folder = os.path.join(acdc_root, "training", "patient003")
+    for suffix, digest in _STANDARD_P003_ED.items():
+        img = nib.load(os.path.join(folder, f"patient003_frame01{suffix}.nii.gz"))
+        data = np.ascontiguousarray(np.asanyarray(img.dataobj))
+        assert hashlib.sha256(data.tobytes()).hexdigest() == digest, "the standard phantoms changed"
+        assert bytes(img.header["descrip"].item()).strip(b"\0") == b""
+
+
+@pytest.fixture(scope="module")
+def hard_root(tmp_path_factory):
+    # patient 3: the smallest cine of seed 0 (254 x 182 x 8, 25 frames)
+    root = str(tmp_path_factory.mktemp("acdc_hard"))
+    return synth_acdc(root, patients=1, first_id=3, seed=0, with_4d=True, progress=False, difficulty="hard")
+
+
+def test_acdc_hard_layout_volumes_and_4d(hard_root, acdc_root):
+    folder, ed, es = _frames(hard_root, 3)
+    std_folder, std_ed, std_es = _frames(acdc_root, 3)
+    assert (ed, es) == (std_ed, std_es)
+    assert _cfg(os.path.join(folder, "Info.cfg")) == _cfg(os.path.join(std_folder, "Info.cfg"))
+    assert set(os.listdir(folder)) == set(os.listdir(std_folder)) | {"patient003_4d.nii.gz"}
+    for frame in (ed, es):
+        for suffix in ("", "_gt"):
+            name = f"patient003_frame{frame:02d}{suffix}.nii.gz"
+            img, std = nib.load(os.path.join(folder, name)), nib.load(os.path.join(std_folder, name))
+            assert img.shape == std.shape and img.get_data_dtype() == std.get_data_dtype()
+            assert np.array_equal(img.affine, std.affine) and img.header.get_zooms() == std.header.get_zooms()
+            assert bytes(img.header["descrip"].item()).strip(b"\0") == b"synth_acdc difficulty=hard"
+        labels = _arr(os.path.join(folder, f"patient003_frame{frame:02d}_gt.nii.gz"))
+        image = _arr(os.path.join(folder, f"patient003_frame{frame:02d}.nii.gz"))
+        assert set(np.unique(labels).tolist()) == {0, 1, 2, 3}
+        assert not (labels[..., -1] == 1).any()
+        assert image.min() >= 0 and image.max() > 200
+        assert image[labels == 3].mean() > image[labels == 2].mean()
+    cine = _arr(os.path.join(folder, "patient003_4d.nii.gz"))
+    assert cine.shape == nib.load(os.path.join(folder, "patient003_frame01.nii.gz")).shape + (25,)
+    assert np.array_equal(cine[..., ed - 1], _arr(os.path.join(folder, "patient003_frame01.nii.gz")))
+    assert np.array_equal(cine[..., es - 1], _arr(os.path.join(folder, f"patient003_frame{es:02d}.nii.gz")))
+
+
+def test_acdc_hard_deterministic_subset(hard_root, tmp_path):
+    more = synth_acdc(str(tmp_path), patients=2, first_id=2, seed=0, progress=False, difficulty="hard")
+    folder, ed, es = _frames(hard_root, 3)
+    for name in ("Info.cfg",) + tuple(f"patient003_frame{f:02d}{s}.nii.gz" for f in (ed, es) for s in ("", "_gt")):
+        with open(os.path.join(folder, name), "rb") as a, open(
+            os.path.join(more, "training", "patient003", name), "rb"
+        ) as b:
+            assert a.read() == b.read(), name
+
+
+def test_acdc_bad_difficulty(tmp_path):
+    assert ACDC_DIFFICULTIES == ("standard", "hard")
+    for bad in ("Hard", "medium", None):
+        with pytest.raises(ValueError, match="'standard', 'hard'"):
+            synth_acdc(str(tmp_path), patients=1, progress=False, difficulty=bad)
+    assert not os.listdir(tmp_path)
+
+
+def _lv_misalignment(labels: np.ndarray, px: float) -> float:
+    """RMS distance (mm) of the per-slice LV cavity centroids from a straight line through them."""
+    ks = [k for k in range(labels.shape[2]) if (labels[..., k] == 3).any()]
+    centres = np.array([np.argwhere(labels[..., k] == 3).mean(0) for k in ks]) * px
+    design = np.stack([np.ones(len(ks)), np.array(ks, float)], 1)
+    residual = centres - design @ np.linalg.lstsq(design, centres, rcond=None)[0]
+    return float(np.sqrt((residual**2).sum(1).mean()))
+
+
+def test_acdc_hard_slices_misaligned(hard_root, acdc_root):
+    shifts = {}
+    for name, root in (("standard", acdc_root), ("hard", hard_root)):
+        folder, _, _ = _frames(root, 3)
+        lab = nib.load(os.path.join(folder, "patient003_frame01_gt.nii.gz"))
+        shifts[name] = _lv_misalignment(_arr(lab.get_filename()), float(lab.header.get_zooms()[0]))
+    assert shifts["standard"] < 0.5 and shifts["hard"] > 2.0, shifts
+
+
+def _hardness(img: np.ndarray, lab: np.ndarray) -> tuple[float, float]:
+    """Blood-myocardium contrast-to-noise ratio (noise from the Rayleigh mean of the darkest corner's air) and the
+    myocardium / blood intensity ratio of one ED volume."""
+    img = img.astype(float)
+    lv, myo = np.median(img[lab == 3]), np.median(img[lab == 2])
+    air = min((img[:12, :12], img[-12:, :12], img[:12, -12:], img[-12:, -12:]), key=np.mean)
+    return (lv - myo) / (air.mean() / np.sqrt(np.pi / 2)), myo / lv
+
+
+@pytest.mark.slow
+def test_acdc_hard_is_harder():
+    """Over patients 1-10: lower contrast-to-noise, more appearance shift between subjects, misaligned slices."""
+    out = {}
+    for difficulty in ACDC_DIFFICULTIES:
+        rows = []
+        for pid in range(1, 11):
+            case = phantoms._acdc_patient(0, pid, False, difficulty)
+            img, lab = case["ed"]
+            rows.append(_hardness(img, lab) + (_lv_misalignment(lab, case["params"]["px"]),))
+        out[difficulty] = np.array(rows).T
+    (cnr_s, ratio_s, mis_s), (cnr_h, ratio_h, mis_h) = out["standard"], out["hard"]
+    assert np.median(cnr_h) < 0.7 * np.median(cnr_s)  # measured: 9.6 vs 17.4
+    assert np.log(cnr_h).std() > 2 * np.log(cnr_s).std()  # 0.69 vs 0.22
+    assert ratio_h.std() > 1.3 * ratio_s.std()  # 0.117 vs 0.074
+    assert np.median(mis_h) > 2.0 > 0.5 > mis_s.max()  # 4.1 mm vs 0.08 mm
+
+
 def test_mmwhs_layout_and_labels(mmwhs_root):
     names = sorted(os.listdir(mmwhs_root))
     assert names == [f"mr_train_{i}_{k}.nii.gz" for i in (1001, 1002, 1003) for k in ("image", "label")]
@@ -196,10 +310,15 @@ def test_mmwhs_determinism_and_overwrite(mmwhs_root, tmp_path):
         synth_mmwhs(str(tmp_path), volumes=1, first_id=1002, progress=False)
 
 
-def test_render_preview(acdc_root, mmwhs_root, tmp_path):
+def test_render_preview(acdc_root, mmwhs_root, hard_root, tmp_path):
     for dataset, root in (("acdc", acdc_root), ("mmwhs", mmwhs_root)):
         out = render_preview(root, str(tmp_path / f"{dataset}.png"), dataset=dataset, cases=2)
         with open(out, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    out = render_preview(hard_root, str(tmp_path / "hard.png"), cases=1, crop_mm=120, colors=64)
+    from PIL import Image
+
+    with Image.open(out) as png:
+        assert png.mode == "P" and len(png.getcolors()) <= 64
     with pytest.raises(ValueError):
         render_preview(acdc_root, str(tmp_path / "x.png"), dataset="other")
