@@ -32,6 +32,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
 from ideal_components.batchnorm import batch_norm_groups, convert_group_batch_norm, group_batch_norm_layers
+from ideal_components.losses import pretext_accuracy
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum, Events
@@ -191,6 +192,10 @@ class _TwoStageTrainerBase(SupervisedTrainer):
                 output[k] = v.detach()
 
 
+# query locations per image scored by the logged pretext accuracy (bounds its memory on fine maps)
+_PRETEXT_QUERIES = 1024
+
+
 def _draw_shift(max_shift: int, device: torch.device) -> tuple[int, int]:
     """A random ``(dy, dx)`` in ``[-max_shift, max_shift]`` feature cells (the global torch RNG: seeded by
     ``monai.utils.set_determinism``)."""
@@ -242,10 +247,17 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
     loss_function(q, k)``; backward; optimizer step; then, if the network has ``momentum > 0``,
     ``network.momentum_update()`` (EMA of the key encoder, after the step).
 
-    ``engine.state.output``: ``{"image": x1, "image_view2": x2, "pred": q, "loss": loss}`` (``loss`` a detached
-    scalar tensor; when the loss function returns a dict, its ``"loss"`` entry is the loss and the other entries are
-    added as ``"loss_<name>"``); with ``decollate=True`` it becomes a list of per-item dicts after
-    ``MODEL_COMPLETED`` (the scalar losses replicated in each).
+    A network that projects several encoder levels (``DenseContrastiveNet(feature_level=[-1, -2])``) returns one
+    map per level: the loss is then the sum of ``loss_function`` over the levels, each on its own maps.
+
+    ``engine.state.output``: ``{"image": x1, "image_view2": x2, "pred": q, "loss": loss, "pretext_accuracy": acc}``
+    (``loss`` a detached scalar tensor; when the loss function returns a dict, its ``"loss"`` entry is the loss and
+    the other entries are added as ``"loss_<name>"``; ``acc`` the top-1 positive retrieval of the batch,
+    :func:`~ideal_components.losses.pretext_accuracy` on at most 1024 query locations per image, the mean over the
+    levels; with several levels ``pred`` is the list of query maps and ``"loss_level<i>"`` /
+    ``"pretext_accuracy_level<i>"`` hold each level's figures, in the network's level order); with
+    ``decollate=True`` it becomes a list of per-item dicts after ``MODEL_COMPLETED`` (the scalars replicated in
+    each).
 
     Args:
         device: the device to train on.
@@ -279,7 +291,8 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
         accumulation_steps: gradient accumulation as in SupervisedTrainer (the momentum update follows each step).
         view_keys: the batch keys of the two views.
         max_shift: translate the key view by a random whole number of feature cells in ``[-max_shift, max_shift]``
-            (per iteration, both axes, zero fill) and compare only the overlapping cells. With views of identical
+            (per iteration, both axes, zero fill; cells of the coarsest projected map) and compare only the
+            overlapping cells. With views of identical
             geometry a network can match location *i* to location *i* from position alone (padding makes absolute
             position visible); the shift removes that shortcut while keeping exact correspondences. ``0``: off.
         compile: ``torch.compile`` the network (the query forward; the key forward runs eagerly), as
@@ -415,19 +428,35 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
         with engine._autocast(engine):
             # plain tensors into the network: a MetaTensor would route every layer's operations through its
             # __torch_function__, and torch.compile needs plain tensors
-            q = engine.network(convert_to_tensor(x1, track_meta=False))
-            # keep at least half of each axis overlapping (a 2x2 map is never shifted)
-            limit = min(engine.max_shift, (min(q.shape[-2:]) - 1) // 2)
+            queries = engine.network(convert_to_tensor(x1, track_meta=False))
+            queries = list(queries) if isinstance(queries, (list, tuple)) else [queries]
+            # the shift is drawn in cells of the coarsest projected map, a whole number of cells at every level;
+            # keep at least half of each axis overlapping there (a 2x2 map is never shifted)
+            coarsest = min(queries, key=lambda t: t.shape[-1])
+            limit = min(engine.max_shift, (min(coarsest.shape[-2:]) - 1) // 2)
             shift = _draw_shift(limit, x1.device) if limit > 0 else (0, 0)
-            stride = (x1.shape[-2] // q.shape[-2], x1.shape[-1] // q.shape[-1])
+            stride = (x1.shape[-2] // coarsest.shape[-2], x1.shape[-1] // coarsest.shape[-1])
             with torch.no_grad():
                 x2 = convert_to_tensor(x2, track_meta=False)
-                k = bare.forward_key(shift_image(x2, shift, stride) if shift != (0, 0) else x2)
-            q, k = overlapping_features(q, k, shift)
-            engine.state.output[Keys.PRED] = q
+                keys = bare.forward_key(shift_image(x2, shift, stride) if shift != (0, 0) else x2)
+            keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
+            pairs = []
+            for q, k in zip(queries, keys):
+                ratio = (q.shape[-2] // coarsest.shape[-2], q.shape[-1] // coarsest.shape[-1])
+                pairs.append(overlapping_features(q, k, (shift[0] * ratio[0], shift[1] * ratio[1])))
+            engine.state.output[Keys.PRED] = pairs[0][0] if len(pairs) == 1 else [q for q, _ in pairs]
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            result = engine.loss_function(q, k.detach())
-            engine.state.output[Keys.LOSS] = engine._split_loss(result, engine.state.output)
+            # the multi-level loss is the sum of the levels' losses; parts are logged per level
+            losses = [engine._split_loss(engine.loss_function(q, k.detach()), engine.state.output) for q, k in pairs]
+            engine.state.output[Keys.LOSS] = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+            accuracy = [pretext_accuracy(q.detach(), k, max_queries=_PRETEXT_QUERIES) for q, k in pairs]
+            engine.state.output["pretext_accuracy"] = (
+                accuracy[0] if len(accuracy) == 1 else torch.stack(accuracy).mean()
+            )
+            if len(pairs) > 1:
+                for i, (loss, acc) in enumerate(zip(losses, accuracy)):
+                    engine.state.output[f"loss_level{i}"] = loss
+                    engine.state.output[f"pretext_accuracy_level{i}"] = acc
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         if engine._backward_and_step(engine, should_step) and float(getattr(bare, "momentum", 0.0) or 0.0) > 0:

@@ -4,6 +4,7 @@
 - :class:`GlobalContrastiveLoss`: SimCLR's NT-Xent on globally pooled features (the "global CL" baseline).
 - :class:`CrossPseudoLabelLoss`: the fine-tuning loss ``L_SSF``: cross-entropy to the mask on labelled images and
   cross pseudo-label supervision between the two decoder branches on unlabelled images.
+- :func:`pretext_accuracy`: top-1 positive retrieval of the dense pretext (logged during pre-training).
 - :func:`sigmoid_rampup`: the sigmoid-shaped ramp-up of Laine & Aila (2017) for the unlabelled weight.
 
 All losses compute their logits / log-probabilities in float32 (also under ``torch.autocast``) and use the
@@ -25,7 +26,13 @@ from torch.nn.modules.loss import _Loss
 
 from ideal_components.transforms import class_index_problem
 
-__all__ = ["LocalContrastiveLoss", "GlobalContrastiveLoss", "CrossPseudoLabelLoss", "sigmoid_rampup"]
+__all__ = [
+    "LocalContrastiveLoss",
+    "GlobalContrastiveLoss",
+    "CrossPseudoLabelLoss",
+    "pretext_accuracy",
+    "sigmoid_rampup",
+]
 
 _IGNORE_INDEX = -100
 
@@ -88,6 +95,47 @@ def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == LossReduction.SUM.value:
         return values.sum()
     return values
+
+
+def pretext_accuracy(query: torch.Tensor, key: torch.Tensor, max_queries: int | None = None) -> torch.Tensor:
+    """Top-1 positive retrieval of the dense local contrastive pretext (what :class:`LocalContrastiveLoss` trains).
+
+    For every image and query location ``n`` the key locations of the same image are ranked by the cosine similarity
+    of the L2-normalised features; the query counts as correct when its own location ``n`` is strictly the most
+    similar (a tie with another location counts as wrong, so identical features cannot be retrieved). A pretext that
+    a randomly initialised encoder already solves teaches little.
+
+    Args:
+        query: ``(B, C, *spatial)`` features of the first view.
+        key: features of the second view, the same shape, aligned: location ``n`` corresponds to ``query``'s ``n``
+            (e.g. after :func:`~ideal_components.engines.overlapping_features`).
+        max_queries: if set and an image has more locations, score only ``max_queries`` evenly spaced query
+            locations (each still ranked against every key location): memory ``O(max_queries * N)`` per image.
+            Deterministic (no random draw).
+
+    Returns:
+        a float32 scalar tensor: the fraction of the query locations retrieved correctly (no host synchronisation).
+
+    Example:
+        >>> q = torch.randn(2, 8, 4, 4)
+        >>> pretext_accuracy(q, q).item(), pretext_accuracy(q, q.flip(-1)).item()
+        (1.0, 0.0)
+    """
+    if query.ndim not in (4, 5) or query.shape != key.shape:
+        raise ValueError(f"query and key must be (B, C, *spatial) of one shape, got {tuple(query.shape)}, {key.shape}.")
+    with torch.no_grad(), _autocast_off(query.device):
+        q, k = F.normalize(_plain(query).flatten(2).float(), dim=1), F.normalize(_plain(key).flatten(2).float(), dim=1)
+        n = q.shape[-1]
+        rows = torch.arange(n, device=q.device)
+        if max_queries is not None and n > int(max_queries):
+            rows = torch.linspace(0, n - 1, int(max_queries), device=q.device).round().long()
+        hits = []
+        for qb, kb in zip(q, k):  # one (rows, N) similarity matrix at a time
+            sim = qb[:, rows].t() @ kb
+            positive = sim.gather(1, rows[:, None]).squeeze(1)
+            best_other = sim.scatter(1, rows[:, None], -float("inf")).amax(1)
+            hits.append(positive > best_other)
+        return torch.cat(hits).float().mean()
 
 
 class LocalContrastiveLoss(_Loss):

@@ -297,16 +297,23 @@ class TwoBranchFlexibleUNet(nn.Module):
 
 
 class DenseContrastiveNet(nn.Module):
-    """FlexibleUNet encoder + dense projection head for local (or global) contrastive pre-training.
+    """FlexibleUNet encoder + dense projection head(s) for local (or global) contrastive pre-training.
 
     ``encoder`` is built exactly like FlexibleUNet's encoder (:func:`build_flexunet_encoder`), so
     ``encoder_state_dict()`` (``pretrained_encoder.pt``) loads strictly into ``TwoBranchFlexibleUNet.encoder`` and
-    ``FlexibleUNet.encoder``. The encoder returns a list of feature maps; ``feature_level`` picks one. For the
-    ResNet backbones the levels have strides 2, 4, 8, 16, 32 (index 0..4, or -5..-1): at 192x192 they are 96, 48,
-    24, 12 and 6 pixels wide, so the default (-1, the deepest) gives 6x6 projections, -2 gives 12x12 and -3 24x24.
+    ``FlexibleUNet.encoder``. The encoder returns a list of feature maps; ``feature_level`` picks the one to project,
+    or several. For the ResNet backbones the levels have strides 2, 4, 8, 16, 32 (index 0..4, or -5..-1): at 192x192
+    they are 96, 48, 24, 12 and 6 pixels wide, so -1 (the deepest, the paper's "encoder output") gives 6x6
+    projections, -2 gives 12x12 and -3 24x24. Only the encoder stages up to the deepest projected level receive a
+    pre-training gradient: with -2, ResNet50's last stage (about 64 % of its encoder parameters) is left random.
 
-    With ``momentum > 0`` a key encoder ``encoder_k`` and head ``head_k`` (deep copies, ``requires_grad=False``) are
-    kept as an exponential moving average of the query ones (MoCo / DenseCL); ``momentum == 0`` means one shared
+    With several levels (``feature_level=[-1, -2]``) each level has its own head, ``forward`` returns one projection
+    per level (in the order given) and the pre-training loss is summed over the levels
+    (:class:`~ideal_components.engines.ContrastivePretrainTrainer`), so every stage down to the deepest level gets a
+    gradient while the shallower maps still give many locations.
+
+    With ``momentum > 0`` a key encoder ``encoder_k`` and head(s) ``head_k`` (deep copies, ``requires_grad=False``)
+    are kept as an exponential moving average of the query ones (MoCo / DenseCL); ``momentum == 0`` means one shared
     encoder, with the key branch under stop-gradient.
 
     When wrapped in ``DistributedDataParallel``, call ``forward_key`` and ``momentum_update`` on the bare module:
@@ -316,17 +323,19 @@ class DenseContrastiveNet(nn.Module):
         in_channels: number of input channels.
         backbone: FlexibleUNet backbone name, default ``"resnet50"``.
         spatial_dims: 2 or 3.
-        feature_level: index of the encoder feature map to project (Python indexing; default -1, the deepest).
-        head_hidden_channels: hidden channels of the head, default the feature map's channels.
+        feature_level: index of the encoder feature map to project (Python indexing; default -1, the deepest), or a
+            sequence of distinct indices (one head each).
+        head_hidden_channels: hidden channels of the head(s), default the feature map's channels.
         head_out_channels: projection channels, default 128.
         momentum: key encoder momentum ``m`` in ``[0, 1]``; ``k = m * k + (1 - m) * q``.
         pool_before_head: global average pooling before the head (the Global-CL baseline): output ``(B, out, 1, 1)``.
-        head_layers: number of 1x1 convolutions of the head.
+        head_layers: number of 1x1 convolutions of each head (1: the paper's single 1x1 convolution; 2: a DenseCL
+            style two-layer head with BatchNorm and ReLU between).
         pretrained: passed to the backbone.
 
     Shapes:
         ``(B, in_channels, H, W)`` -> ``(B, head_out_channels, H / s, W / s)`` (``s`` the level's stride), or
-        ``(B, head_out_channels, 1, 1)`` with ``pool_before_head``.
+        ``(B, head_out_channels, 1, 1)`` with ``pool_before_head``; a list of those with several levels.
 
     Example:
         >>> net = DenseContrastiveNet(backbone="resnet10", feature_level=-2, head_out_channels=64)
@@ -334,6 +343,8 @@ class DenseContrastiveNet(nn.Module):
         >>> net(x).shape, net.forward_key(x).shape
         (torch.Size([2, 64, 4, 4]), torch.Size([2, 64, 4, 4]))
         >>> net.momentum_update()
+        >>> [q.shape[-1] for q in DenseContrastiveNet(backbone="resnet10", feature_level=[-1, -2])(x)]
+        [2, 4]
     """
 
     def __init__(
@@ -341,7 +352,7 @@ class DenseContrastiveNet(nn.Module):
         in_channels: int = 1,
         backbone: str = "resnet50",
         spatial_dims: int = 2,
-        feature_level: int = -1,
+        feature_level: int | Sequence[int] = -1,
         head_hidden_channels: int | None = None,
         head_out_channels: int = 128,
         momentum: float = 0.99,
@@ -353,25 +364,37 @@ class DenseContrastiveNet(nn.Module):
         entry = _backbone_entry(backbone, spatial_dims)
         channels = list(entry["feature_channel"])
         n = len(channels)
-        if not -n <= feature_level < n:
+        levels = [feature_level] if isinstance(feature_level, int) else list(feature_level)
+        if (
+            not levels
+            or any(isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n for i in levels)
+            or len({i % n for i in levels}) != len(levels)
+        ):
             raise ValueError(
-                f"feature_level must be in [{-n}, {n - 1}] for backbone {backbone!r}, got {feature_level}."
+                f"feature_level must be an index in [{-n}, {n - 1}] or a list of distinct ones for backbone "
+                f"{backbone!r}, got {feature_level!r}."
             )
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}.")
         self.backbone = backbone
         self.spatial_dims = spatial_dims
-        self.feature_level = feature_level % n
+        self.feature_levels = tuple(i % n for i in levels)
+        self.multi_level = not isinstance(feature_level, int) and len(levels) > 1
         self.momentum = float(momentum)
         self.pool_before_head = bool(pool_before_head)
         self.encoder = build_flexunet_encoder(backbone, in_channels, spatial_dims, pretrained)
-        self.head = DenseProjectionHead(
-            in_channels=channels[self.feature_level],
-            hidden_channels=head_hidden_channels,
-            out_channels=head_out_channels,
-            spatial_dims=spatial_dims,
-            num_layers=head_layers,
-        )
+        heads = [
+            DenseProjectionHead(
+                in_channels=channels[level],
+                hidden_channels=head_hidden_channels,
+                out_channels=head_out_channels,
+                spatial_dims=spatial_dims,
+                num_layers=head_layers,
+            )
+            for level in self.feature_levels
+        ]
+        # one level keeps the single ``head`` module (and its state-dict keys); several get a ModuleList
+        self.head: nn.Module = nn.ModuleList(heads) if self.multi_level else heads[0]
         self.encoder_k: nn.Module | None = None
         self.head_k: nn.Module | None = None
         if self.momentum > 0:
@@ -380,17 +403,34 @@ class DenseContrastiveNet(nn.Module):
             for p in list(self.encoder_k.parameters()) + list(self.head_k.parameters()):
                 p.requires_grad_(False)
 
-    def _project(self, encoder: nn.Module, head: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        feat = encoder(x)[self.feature_level]
-        if self.pool_before_head:
-            feat = torch.mean(feat, dim=tuple(range(2, feat.ndim)), keepdim=True)
-        return head(feat)
+    @property
+    def feature_level(self) -> int:
+        """The deepest projected level (non-negative index)."""
+        return max(self.feature_levels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Query projections: ``(B, in_channels, *spatial)`` -> ``(B, head_out_channels, *feature_spatial)``."""
+    @property
+    def uses_whole_encoder(self) -> bool:
+        """Whether every encoder parameter gets a gradient (the deepest level is projected): DDP then needs no
+        ``find_unused_parameters``."""
+        return self.feature_level == len(flexunet_encoder_channels(self.backbone)) - 1
+
+    def _project(self, encoder: nn.Module, head: nn.Module, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        feats = encoder(x)
+        heads = list(head) if self.multi_level else [head]
+        out = []
+        for level, level_head in zip(self.feature_levels, heads):
+            feat = feats[level]
+            if self.pool_before_head:
+                feat = torch.mean(feat, dim=tuple(range(2, feat.ndim)), keepdim=True)
+            out.append(level_head(feat))
+        return out if self.multi_level else out[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Query projections: ``(B, in_channels, *spatial)`` -> ``(B, head_out_channels, *feature_spatial)`` (a list
+        of those, one per level, with several levels)."""
         return self._project(self.encoder, self.head, x)
 
-    def forward_key(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_key(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Key projections (no gradient): from ``encoder_k``/``head_k`` if ``momentum > 0``, else from the query ones.
 
         With ``momentum == 0`` in training mode the shared encoder's batch-norm statistics are updated by this call
@@ -398,8 +438,10 @@ class DenseContrastiveNet(nn.Module):
         """
         with torch.no_grad():
             if self.encoder_k is not None and self.head_k is not None:
-                return self._project(self.encoder_k, self.head_k, x).detach()
-            return self._project(self.encoder, self.head, x).detach()
+                out = self._project(self.encoder_k, self.head_k, x)
+            else:
+                out = self._project(self.encoder, self.head, x)
+        return [o.detach() for o in out] if isinstance(out, list) else out.detach()
 
     def _query_key_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         if self.encoder_k is None or self.head_k is None:

@@ -14,9 +14,9 @@ over the classes per volume, then over the ``test`` volumes). Slices are along t
 The encoder ``A`` and the baseline ``B`` are compared on pairs: every (seed, labelled volumes) combination fits one
 classifier per encoder with the same seed (initialisation, slice sampling and mini-batch order) on the same slices.
 The report holds the mean paired difference ``A - B`` with a percentile bootstrap 95 % interval over the pairs, the
-sign count, each encoder's mean Dice and its pretext accuracy (:func:`pretext_accuracy` on two photometric views of
-the same slices, as ``pretrain.json`` draws them, the key view shifted by whole feature cells; pre-training's random
-affine is left out: it is the same for both views, so it changes no correspondence).
+sign count, each encoder's mean Dice and its pretext accuracy (:func:`~ideal_components.losses.pretext_accuracy` on
+two photometric views of the same slices, as ``pretrain.json`` draws them, the key view shifted by whole feature
+cells; pre-training's random affine is left out: it is the same for both views, so it changes no correspondence).
 
 Command line (``--seeds 0,1,2``: python-fire reads comma-separated lists)::
 
@@ -42,43 +42,11 @@ from tqdm import tqdm
 
 from ideal_components.data.prepare import parse_bool, parse_pair
 from ideal_components.engines import overlapping_features, shift_image
+from ideal_components.losses import pretext_accuracy
 from ideal_components.networks import build_flexunet_encoder, flexunet_encoder_channels, load_pretrained_encoder
 from ideal_components.utils import atomic_write_text
 
-__all__ = ["pretext_accuracy", "probe"]
-
-
-def pretext_accuracy(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """Top-1 positive retrieval of the dense local contrastive pretext.
-
-    For every image and query location ``n`` the key locations of the same image are ranked by the cosine similarity
-    of the L2-normalised features; the query counts as correct when its own location ``n`` is strictly the most
-    similar (a tie with another location counts as wrong, so identical features cannot be retrieved).
-
-    Args:
-        query: ``(B, C, H, W)`` features of the first view.
-        key: ``(B, C, H, W)`` features of the second view, aligned: location ``n`` corresponds to ``query``'s ``n``
-            (e.g. after :func:`~ideal_components.engines.overlapping_features`).
-
-    Returns:
-        a float32 scalar tensor: the fraction of the ``B * H * W`` query locations retrieved correctly.
-
-    Example:
-        >>> q = torch.randn(2, 8, 4, 4)
-        >>> pretext_accuracy(q, q).item(), pretext_accuracy(q, q.flip(-1)).item()
-        (1.0, 0.0)
-    """
-    if query.ndim != 4 or query.shape != key.shape:
-        raise ValueError(f"query and key must be (B, C, H, W) of one shape, got {tuple(query.shape)}, {key.shape}.")
-    q, k = F.normalize(query.flatten(2).float(), dim=1), F.normalize(key.flatten(2).float(), dim=1)
-    n = q.shape[-1]
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=q.device)
-    hits = []
-    for qb, kb in zip(q, k):  # one (N, N) similarity matrix at a time
-        sim = qb.t() @ kb
-        best_other = sim.masked_fill(~off_diagonal, -float("inf")).amax(1)
-        hits.append(sim.diagonal() > best_other)
-    return torch.cat(hits).float().mean()
+__all__ = ["probe"]
 
 
 def _int_list(value: Any, name: str) -> list[int]:

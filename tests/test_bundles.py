@@ -156,6 +156,31 @@ def test_verify_net_in_out(bundle):
 
 
 @pytest.mark.slow
+def test_pretrain_paper_head_multi_level_logs_pretext_accuracy(tmp_path):
+    """The paper's head (one 1x1 convolution) on several encoder levels runs from the bundle; the pretext accuracy
+    reaches TensorBoard; the saved encoder loads strictly into the fine-tuning network."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
+    python_ok("-m", "ideal_components", "synth_acdc", str(raw), "--patients", "4", "--seed", "1")
+    python_ok(
+        "-m", "ideal_components", "prepare_acdc", str(raw), str(prepared), "--pixdim", "4.0", "--spatial_size", "64"
+    )
+    args = ["--dataset_dir", str(prepared), "--max_epochs", "1", "--feature_level", "[-1,-2]", "--head_layers", "1"]
+    run_bundle_ok("ideal_acdc", ["pretrain.json"], run, *TINY, *args)
+    events = EventAccumulator(str(run / "logs" / "pretrain"))
+    events.Reload()
+    assert {"pretrain_loss", "pretext_accuracy"} <= set(events.Tags()["scalars"])
+    assert all(0.0 <= e.value <= 1.0 for e in events.Scalars("pretext_accuracy"))
+    state = torch.load(run / "models" / "pretrained_encoder.pt", map_location="cpu", weights_only=True)
+    from monai.networks.nets import FlexibleUNet
+
+    FlexibleUNet(1, 4, backbone="resnet10", spatial_dims=2).encoder.load_state_dict(state, strict=True)
+    checkpoint = torch.load(next((run / "models").glob("pretrain_checkpoint_epoch=1.pt")), weights_only=True)
+    assert {"head.0.layers.0.weight", "head.1.layers.0.weight"} <= set(checkpoint["network"])
+
+
+@pytest.mark.slow
 def test_acdc_end_to_end(tmp_path):
     raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
     python_ok("-m", "ideal_components", "synth_acdc", str(raw), "--patients", "8", "--seed", "1")

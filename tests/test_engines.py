@@ -442,6 +442,72 @@ def test_pretrain_with_shift_runs_and_lowers_loss():
         )
 
 
+class _PooledLevels(torch.nn.Module):
+    """Two "levels" (average pooling by 16 and by 4: translation-equivariant for shifts by whole cells of 16)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.momentum = 0.0
+
+    def forward(self, x):
+        return [self.scale * torch.nn.functional.avg_pool2d(x, s) for s in (16, 4)]
+
+    def forward_key(self, x):
+        with torch.no_grad():
+            return [t.detach() for t in self.forward(x)]
+
+
+def test_pretrain_multi_level_sums_levels_with_one_coherent_shift():
+    """The key view is shifted by whole cells of the coarsest map; each level compares its corresponding cells
+    (identical views give identical overlaps at both levels), the loss is the sum of the levels' losses, and the
+    pretext accuracy is logged per level and as their mean."""
+    torch.manual_seed(0)
+    seen = []
+
+    def loss_fn(q, k):
+        seen.append((q.detach().clone(), k.clone()))
+        return (q - k).abs().mean() + q.shape[-1]  # a known value per level: the overlap's width
+
+    net = _PooledLevels()
+    x = torch.randn(2, 8, 128, 128)  # zero-mean, 8 channels: distinct feature directions, no near-ties
+    trainer = ContrastivePretrainTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=[{"image": x, "image_view2": x}] * 8,
+        network=net, optimizer=torch.optim.SGD(net.parameters(), 0.0), loss_function=loss_fn, max_shift=2,
+        decollate=False,
+    )  # fmt: skip
+    widths = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: widths.append([q.shape[-1] for q, _ in seen[-2:]]))
+    trainer.run()
+    assert len(seen) == 16
+    for q, k in seen:
+        torch.testing.assert_close(q, k)  # both levels aligned by the same shift
+    shifted = [w for w in widths if w[0] < 8]
+    assert shifted, "no iteration drew a shift"
+    for coarse, fine in widths:
+        assert fine == 4 * coarse  # the fine level is shifted by 4x the coarse cells
+    out = trainer.state.output
+    assert float(out["loss"]) == pytest.approx(sum(widths[-1]))
+    assert [float(out["loss_level0"]), float(out["loss_level1"])] == pytest.approx(widths[-1])
+    assert float(out["pretext_accuracy_level0"]) == float(out["pretext_accuracy_level1"]) == 1.0
+    assert float(out["pretext_accuracy"]) == 1.0
+
+
+def test_pretrain_multi_level_dense_contrastive_net_runs():
+    torch.manual_seed(0)
+    net = DenseContrastiveNet(backbone="resnet10", feature_level=[-1, -2], head_out_channels=8, momentum=0.9)
+    x = torch.rand(4, 1, 128, 128)
+    trainer = ContrastivePretrainTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=[{"image": x, "image_view2": x * 0.8}] * 3,
+        network=net, optimizer=torch.optim.Adam(net.parameters(), 1e-3), loss_function=LocalContrastiveLoss(),
+        max_shift=1, decollate=False,
+    )  # fmt: skip
+    trainer.run()
+    out = trainer.state.output
+    assert float(out["loss"]) == pytest.approx(float(out["loss_level0"]) + float(out["loss_level1"]), rel=1e-6)
+    assert 0.0 <= float(out["pretext_accuracy"]) <= 1.0 and isinstance(out["pred"], list)
+
+
 def test_pretrain_shift_is_limited_on_tiny_maps():
     from ideal_components.engines import ContrastivePretrainTrainer
     from ideal_components.losses import LocalContrastiveLoss

@@ -186,6 +186,40 @@ def test_contrastive_shapes(level, size):
     assert net.head.layers[0].in_channels == flexunet_encoder_channels(BACKBONE)[level]
 
 
+def test_contrastive_multi_level_heads_and_gradients():
+    """Several levels: one head per level, outputs in the given order, and every encoder stage down to the deepest
+    projected level gets a gradient (with one level at -2 the deepest stage gets none)."""
+    _seed()
+    net = DenseContrastiveNet(backbone=BACKBONE, feature_level=[-1, -3], head_out_channels=16, momentum=0.9)
+    x = _x()
+    q, k = net(x), net.forward_key(x)
+    assert [t.shape for t in q] == [t.shape for t in k] == [(2, 16, 2, 2), (2, 16, 8, 8)]
+    channels = flexunet_encoder_channels(BACKBONE)
+    assert [h.layers[0].in_channels for h in net.head] == [channels[-1], channels[-3]]
+    assert net.feature_level == len(channels) - 1 and net.uses_whole_encoder
+    sum(t.square().mean() for t in q).backward()
+    deepest = [p for n, p in net.encoder.named_parameters() if n.startswith("layer4")]
+    assert deepest and all(p.grad is not None and p.grad.abs().sum() > 0 for p in deepest)
+    assert all(p.grad is None for p in net.encoder_k.parameters())
+    net.momentum_update()  # the key heads mirror the list structure
+
+    single = DenseContrastiveNet(backbone=BACKBONE, feature_level=-2, head_out_channels=16, momentum=0.0)
+    assert not single.uses_whole_encoder
+    single(x).square().mean().backward()
+    assert all(p.grad is None for n, p in single.encoder.named_parameters() if n.startswith("layer4"))
+    # a one-element list is the single-level network (same state-dict keys)
+    assert DenseContrastiveNet(backbone=BACKBONE, feature_level=[-2]).state_dict().keys() == DenseContrastiveNet(
+        backbone=BACKBONE, feature_level=-2
+    ).state_dict().keys()
+
+
+def test_contrastive_paper_head_is_one_conv():
+    net = DenseContrastiveNet(backbone=BACKBONE, feature_level=-1, head_layers=1, head_out_channels=8, momentum=0.0)
+    convs = [m for m in net.head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].kernel_size == (1, 1) and convs[0].out_channels == 8
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.head.modules())
+
+
 def test_contrastive_pool_before_head():
     _seed()
     net = DenseContrastiveNet(backbone=BACKBONE, head_out_channels=8, pool_before_head=True, momentum=0.0)
@@ -193,8 +227,9 @@ def test_contrastive_pool_before_head():
 
 
 def test_contrastive_invalid_args():
-    with pytest.raises(ValueError, match="feature_level"):
-        DenseContrastiveNet(backbone=BACKBONE, feature_level=5)
+    for bad in (5, [], [-1, 4], [-1, 7], [True], "-1"):
+        with pytest.raises(ValueError, match="feature_level"):
+            DenseContrastiveNet(backbone=BACKBONE, feature_level=bad)
     with pytest.raises(ValueError, match="momentum"):
         DenseContrastiveNet(backbone=BACKBONE, momentum=1.5)
 

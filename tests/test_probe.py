@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ideal_components.probe import pretext_accuracy, probe
+from ideal_components.losses import pretext_accuracy
+from ideal_components.probe import probe
 
 REPO = Path(__file__).resolve().parents[1]
 # small and fast: resnet10 at 48x48, few slices and steps
