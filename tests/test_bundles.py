@@ -156,18 +156,22 @@ def test_verify_net_in_out(bundle):
 
 
 @pytest.mark.slow
-def test_pretrain_paper_head_multi_level_logs_pretext_accuracy(tmp_path):
-    """The paper's head (one 1x1 convolution) on several encoder levels runs from the bundle; the pretext accuracy
-    reaches TensorBoard; the saved encoder loads strictly into the fine-tuning network."""
+def test_pretrain_paper_head_multi_level_on_cine_frames(tmp_path):
+    """The paper's head (one 1x1 convolution) on several encoder levels runs from the bundle, here on the cine
+    frames' pre-training list; the pretext accuracy reaches TensorBoard; the saved encoder loads strictly into the
+    fine-tuning network."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
-    python_ok("-m", "ideal_components", "synth_acdc", str(raw), "--patients", "4", "--seed", "1")
+    python_ok("-m", "ideal_components", "synth_acdc", str(raw), "--patients", "4", "--seed", "1", "--with_4d", "True")
     python_ok(
-        "-m", "ideal_components", "prepare_acdc", str(raw), str(prepared), "--pixdim", "4.0", "--spatial_size", "64"
-    )
+        "-m", "ideal_components", "prepare_acdc", str(raw), str(prepared), "--pixdim", "4.0", "--spatial_size", "64",
+        "--cine_frames", "3",
+    )  # fmt: skip
+    items = json.loads((prepared / "datalist.json").read_text())["pretraining"]
     args = ["--dataset_dir", str(prepared), "--max_epochs", "1", "--feature_level", "[-1,-2]", "--head_layers", "1"]
-    run_bundle_ok("ideal_acdc", ["pretrain.json"], run, *TINY, *args)
+    out = run_bundle_ok("ideal_acdc", ["pretrain.json"], run, *TINY, *args, "--pretrain_list", "pretraining")
+    assert f"/{sum(item['num_slices'] for item in items)} " in out  # CacheDataset's progress: every cine slice
     events = EventAccumulator(str(run / "logs" / "pretrain"))
     events.Reload()
     assert {"pretrain_loss", "pretext_accuracy"} <= set(events.Tags()["scalars"])

@@ -18,7 +18,7 @@ import torch
 from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 
-from ideal_components.data.acdc import parse_frames, prepare_acdc
+from ideal_components.data.acdc import parse_cine_frames, parse_frames, parse_info_cfg, prepare_acdc, select_cine_frames
 from ideal_components.data.io import DataError, atomic_write_json, check_pair, load_nifti
 from ideal_components.data.mmwhs import MMWHS_CODES, map_mmwhs_labels, prepare_mmwhs
 from ideal_components.data.preprocessing import (
@@ -27,7 +27,7 @@ from ideal_components.data.preprocessing import (
     slice_axis_last_axcodes,
     to_metatensor,
 )
-from ideal_components.data.splits import seeded_split
+from ideal_components.data.splits import Split, seeded_split
 
 SHAPE = (40, 48, 6)
 SIZE = 32  # in-plane output size used by the fixtures' preparations (small: fast)
@@ -525,3 +525,267 @@ def test_cli_fire_arguments(tmp_path: Path, capsys) -> None:
 def test_num_workers_same_result(tmp_path: Path) -> None:
     root = write_acdc(tmp_path / "raw", n=3)
     assert _acdc(root, tmp_path / "a", num_workers=2) == _acdc(root, tmp_path / "b", num_workers=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ACDC cine frames as an unlabelled pre-training list (cine_frames)
+
+NB_FRAMES = 10  # the NbFrame written by write_acdc_patient
+
+
+def write_cine(root: Path, pid: int, nb: int = NB_FRAMES, shape=None, affine=None) -> Path:
+    """``patientXXX_4d.nii.gz`` of a fixture patient: its ED / ES frame files at their frame numbers, other frames
+    distinct phantoms (same grid as the frame files unless ``shape`` / ``affine`` say otherwise)."""
+    pdir = root / "training" / f"patient{pid:03d}"
+    info = parse_info_cfg(pdir / "Info.cfg")
+    ref = nib.load(str(pdir / f"patient{pid:03d}_frame{info['ED']:02d}.nii.gz"))
+    frames = []
+    for n in range(1, nb + 1):
+        if n in (info["ED"], info["ES"]):
+            frames.append(np.asanyarray(nib.load(str(pdir / f"patient{pid:03d}_frame{n:02d}.nii.gz")).dataobj))
+        else:
+            frames.append(_phantom(ref.shape, seed=1000 * pid + n)[0])
+    data = np.stack(frames, axis=-1)
+    if shape is not None:
+        data = data[: shape[0], : shape[1], : shape[2]]
+    path = pdir / f"patient{pid:03d}_4d.nii.gz"
+    _save(data, ref.affine if affine is None else affine, path)
+    return path
+
+
+def write_acdc_cine(root: Path, n: int = 4) -> Path:
+    write_acdc(root, n=n)
+    for pid in range(1, n + 1):
+        write_cine(root, pid)
+    return root
+
+
+def _split4() -> Split:
+    return seeded_split([f"patient{i:03d}" for i in range(1, 5)], "acdc", seed=0)
+
+
+@pytest.fixture(scope="module")
+def cine_prepared(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """4 fixture patients with 4D cines, prepared with ``frames="ED,ES", cine_frames="all"``."""
+    base = tmp_path_factory.mktemp("cine")
+    root = write_acdc_cine(base / "raw", n=4)
+    return root, base / "out", _acdc(root, base / "out", frames="ED,ES", cine_frames="all")
+
+
+def test_cine_frames_pretraining_list(cine_prepared, tmp_path: Path) -> None:
+    root, out, dl = cine_prepared
+    split = _split4()
+    assert len(split.training) == 2 and split.validation and split.test
+    pt = dl["pretraining"]
+    # every frame of every training patient, nothing of a validation / test patient
+    assert [it["id"] for it in pt] == [f"{p}_f{n:02d}" for p in split.training for n in range(1, NB_FRAMES + 1)]
+    assert {it["patient"] for it in pt} == set(split.training)
+    held_out = set(split.validation) | set(split.test)
+    assert not any(f.name.startswith(tuple(held_out)) for f in (out / "imagesPt").iterdir())
+    assert sorted(f.name for f in (out / "imagesPt").iterdir()) == [f"{it['id']}.nii.gz" for it in pt]
+    assert dl["preparation"]["cine_frames"] == "all" and dl["skipped"] == []
+
+    prepared = {it["id"]: it for it in dl["training"]}
+    for it in pt:
+        assert "label" not in it and it["frame"] == int(it["id"][-2:]) and isinstance(it["frame"], int)
+        assert it["image"] == f"imagesPt/{it['id']}.nii.gz" and it["num_slices"] == SHAPE[2]
+        image = nib.load(str(out / it["image"]))
+        ed = nib.load(str(out / prepared[f"{it['patient']}_ED"]["image"]))
+        assert image.get_data_dtype() == np.float32 and image.shape == (SIZE, SIZE, SHAPE[2]) == ed.shape
+        assert np.allclose(image.affine, ed.affine) and np.allclose(image.header.get_zooms(), ed.header.get_zooms())
+        x = image.get_fdata()
+        assert np.isfinite(x).all() and -0.2 < x.min() and x.max() < 1.5
+        prov = it["provenance"]
+        assert prov["raw_image"] == str(root / "training" / it["patient"] / f"{it['patient']}_4d.nii.gz")
+        assert prov["raw_frame"] == it["frame"] and prov["raw_shape"] == [*SHAPE, NB_FRAMES]
+        assert np.allclose(prov["raw_affine"], _affine()) and np.allclose(prov["raw_spacing"], (1.6, 1.5, 8.0))
+        assert (
+            prov["group"] == "NOR"
+            and prov["num_frames"] == NB_FRAMES
+            and (prov["ed_frame"], prov["es_frame"]) == (1, 3)
+        )
+        record = json.loads((out / "provenance" / f"{it['id']}.json").read_text())
+        assert record["item"] == it and record["settings"]["pixdim"] == dl["preparation"]["pixdim"]
+    # the ED / ES frames of the cine, prepared as pre-training volumes, equal the prepared ED / ES images
+    for p in split.training:
+        for phase, n in (("ED", 1), ("ES", 3)):
+            a = nib.load(str(out / "imagesPt" / f"{p}_f{n:02d}.nii.gz")).get_fdata()
+            b = nib.load(str(out / prepared[f"{p}_{phase}"]["image"])).get_fdata()
+            assert np.allclose(a, b, atol=1e-6)
+        other = nib.load(str(out / "imagesPt" / f"{p}_f02.nii.gz")).get_fdata()
+        assert not np.allclose(other, b, atol=1e-3)
+
+    # without the option: no cine is read, no pretraining key, everything else as with it
+    default = _acdc(root, tmp_path / "default", frames="ED,ES")
+    assert "pretraining" not in default and "cine_frames" not in default["preparation"]
+    assert not (tmp_path / "default" / "imagesPt").exists()
+    with_cine = {k: v for k, v in dl.items() if k != "pretraining"}
+    with_cine["preparation"] = {k: v for k, v in dl["preparation"].items() if k != "cine_frames"}
+    assert with_cine == default and list(with_cine) == list(default)
+
+
+def test_cine_pretraining_list_consumed_like_training(cine_prepared) -> None:
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    from ideal_components.data.slices import expand_to_slices
+    from ideal_components.transforms import ExtractSliced
+
+    _, out, dl = cine_prepared
+    # what bundles/*/configs/pretrain.json does with 'training'
+    items = load_decathlon_datalist(
+        str(out / "datalist.json"), is_segmentation=True, data_list_key="pretraining", base_dir=str(out)
+    )
+    slices = expand_to_slices(items, labeled=False)
+    assert len(slices) == sum(it["num_slices"] for it in dl["pretraining"]) == 2 * NB_FRAMES * SHAPE[2]
+    assert all(d["labeled"] == 0 and "label" not in d and os.path.isfile(d["image"]) for d in slices)
+    assert [d["slice"] for d in slices[: SHAPE[2]]] == list(range(SHAPE[2]))
+    load = Compose([LoadImaged("image", reader="NibabelReader", image_only=True), EnsureChannelFirstd("image")])
+    d = ExtractSliced("image")(load(slices[SHAPE[2] + 2]))
+    assert tuple(d["image"].shape) == (1, SIZE, SIZE) and d["frame"] == 2 and d["slice"] == 2
+
+
+def test_cine_frames_option_values(tmp_path: Path) -> None:
+    assert select_cine_frames(30, 4) == [1, 8, 16, 23] and select_cine_frames(30, 1) == [1]
+    assert (
+        select_cine_frames(10, "all") == select_cine_frames(10, 10) == select_cine_frames(10, 25) == list(range(1, 11))
+    )
+    for off in (None, "none", "None", "", False, 0, "0", "false"):
+        assert parse_cine_frames(off) is None
+    assert parse_cine_frames("all") == parse_cine_frames(True) == parse_cine_frames(" ALL ") == "all"
+    assert parse_cine_frames("5") == parse_cine_frames(5) == 5
+    for bad in ("-1", "some", 2.5, -3, "3.5"):
+        with pytest.raises(ValueError, match="cine_frames"):
+            parse_cine_frames(bad)
+    root = write_acdc_cine(tmp_path / "raw", n=4)
+    dl = _acdc(root, tmp_path / "out", cine_frames=3)
+    assert [it["id"] for it in dl["pretraining"]] == [f"{p}_f{n:02d}" for p in _split4().training for n in (1, 4, 7)]
+    assert dl["preparation"]["cine_frames"] == 3
+    with pytest.raises(ValueError, match="cine_frames"):
+        _acdc(root, tmp_path / "out2", cine_frames="every")
+
+
+def test_cine_missing_4d_names_file(tmp_path: Path) -> None:
+    root = write_acdc_cine(tmp_path / "raw", n=4)
+    split = _split4()
+    # the 4D files of validation / test patients are never read
+    for p in split.validation + split.test:
+        (root / "training" / p / f"{p}_4d.nii.gz").unlink()
+    dl = _acdc(root, tmp_path / "ok", cine_frames="all")
+    assert len(dl["pretraining"]) == 2 * NB_FRAMES
+    missing = root / "training" / split.training[1] / f"{split.training[1]}_4d.nii.gz"
+    missing.unlink()
+    with pytest.raises(DataError, match="missing cine file") as e:
+        _acdc(root, tmp_path / "out", cine_frames="all")
+    assert str(missing) in str(e.value)
+    dl = _acdc(root, tmp_path / "skip", cine_frames="all", skip_bad=True)
+    assert dl["skipped"] == [
+        {"patient": split.training[1], "id": f"{split.training[1]}_4d", "error": dl["skipped"][0]["error"]}
+    ]
+    assert str(missing) in dl["skipped"][0]["error"]
+    assert {it["patient"] for it in dl["pretraining"]} == {split.training[0]}
+    assert len(dl["training"]) == 2  # the patient's ED volume is still prepared
+    assert "pretraining" not in _acdc(root, tmp_path / "default")  # without the option no 4D is needed
+
+
+CINE_PROBLEMS = {
+    "shape": ("spatial shape", dict(shape=(SHAPE[0], SHAPE[1] - 2, SHAPE[2]))),
+    "affine": ("affine does not match", dict(affine=_affine(origin=(0.0, 0.0, 0.0)))),
+    "frames": ("has 7 frames, expected 10", dict(nb=7)),
+    "3D": ("expected a 4D", dict(nb=1)),
+}
+
+
+@pytest.mark.parametrize("problem", list(CINE_PROBLEMS))
+def test_cine_inconsistent_4d_names_file(tmp_path: Path, problem: str) -> None:
+    root = write_acdc(tmp_path / "raw", n=4)
+    match, kw = CINE_PROBLEMS[problem]
+    patient = _split4().training[0]
+    bad = write_cine(root, int(patient[-3:]), **kw)
+    if problem == "3D":  # a single-frame "cine" stored as a 3D file
+        _save(np.asanyarray(nib.load(str(bad)).dataobj)[..., 0], _affine(), bad)
+    write_cine(root, int(_split4().training[1][-3:]))
+    with pytest.raises(DataError, match=match) as e:
+        _acdc(root, tmp_path / "out", cine_frames="all")
+    assert str(bad) in str(e.value)
+
+
+def test_cine_rerun_skips_and_resumes(tmp_path: Path) -> None:
+    root = write_acdc_cine(tmp_path / "raw", n=4)
+    out = tmp_path / "out"
+    first = _acdc(root, out, cine_frames=2)  # frames 1 and 6
+    f01 = out / "imagesPt" / f"{first['pretraining'][0]['id']}.nii.gz"
+    old = f01.stat().st_mtime_ns - 10**9
+    os.utime(f01, ns=(old, old))
+    dl = _acdc(root, out, cine_frames="all")
+    assert f01.stat().st_mtime_ns == old  # already prepared: skipped
+    assert len(dl["pretraining"]) == 2 * NB_FRAMES
+    # a frame without its record (written last) is prepared again; with every frame done the 4D is not read
+    record = out / "provenance" / f"{dl['pretraining'][1]['id']}.json"
+    record.unlink()
+    cine = root / "training" / dl["pretraining"][1]["patient"] / f"{dl['pretraining'][1]['patient']}_4d.nii.gz"
+    assert _acdc(root, out, cine_frames="all") == dl and record.is_file()
+    cine.unlink()
+    assert _acdc(root, out, cine_frames="all") == dl
+    assert _acdc(root, out, cine_frames="all", overwrite=False) == dl
+    with pytest.raises(DataError, match="missing cine file"):
+        _acdc(root, out, cine_frames="all", overwrite=True)
+    with pytest.raises(DataError, match="different settings"):
+        _acdc(root, tmp_path / "out", pixdim=2.0, cine_frames="all")
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_cine_frames_cli(tmp_path: Path) -> None:
+    from ideal_components.cli import main
+
+    root = write_acdc_cine(tmp_path / "raw", n=4)
+    main(
+        [
+            "prepare_acdc",
+            str(root),
+            str(tmp_path / "out"),
+            "--pixdim",
+            "2.0",
+            "--spatial_size",
+            "32",
+            "--cine_frames",
+            "all",
+        ]
+    )
+    dl = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    assert len(dl["pretraining"]) == 2 * NB_FRAMES and dl["preparation"]["cine_frames"] == "all"
+    main(["prepare_acdc", str(root), str(tmp_path / "out2"), "--spatial_size", "32", "--cine_frames", "4"])
+    dl = json.loads((tmp_path / "out2" / "datalist.json").read_text())
+    assert sorted({it["frame"] for it in dl["pretraining"]}) == [1, 3, 6, 8]
+
+
+@pytest.mark.slow
+def test_cine_frames_phantoms(tmp_path: Path) -> None:
+    phantoms = pytest.importorskip("ideal_components.data.phantoms")
+    root = Path(phantoms.synth_acdc(str(tmp_path / "raw"), patients=3, seed=0, with_4d=True, progress=False))
+    out = tmp_path / "out"
+    dl = _acdc(root, out, frames="ED,ES", pixdim=4.0, spatial_size=64, cine_frames="all")
+    split = seeded_split([f"patient{i:03d}" for i in range(1, 4)], "acdc", seed=0)
+    (patient,) = split.training
+    info = parse_info_cfg(root / "training" / patient / "Info.cfg")
+    assert [it["id"] for it in dl["pretraining"]] == [f"{patient}_f{n:02d}" for n in range(1, info["NbFrame"] + 1)]
+    assert {it["patient"] for it in dl["pretraining"]} == {patient}
+    prepared = {it["id"]: it for it in dl["training"]}
+    for phase in ("ED", "ES"):
+        a = nib.load(str(out / "imagesPt" / f"{patient}_f{info[phase]:02d}.nii.gz"))
+        b = nib.load(str(out / prepared[f"{patient}_{phase}"]["image"]))
+        assert a.get_data_dtype() == np.float32 and a.shape == b.shape and a.shape[:2] == (64, 64)
+        assert np.allclose(a.get_fdata(), b.get_fdata(), atol=1e-6) and np.allclose(a.affine, b.affine)
+
+
+def test_cine_ed_frame_differing_from_ed_file_warns(tmp_path: Path, caplog) -> None:
+    root = write_acdc(tmp_path / "raw", n=4)
+    patient = _split4().training[0]
+    path = write_cine(root, int(patient[-3:]))
+    data = np.asanyarray(nib.load(str(path)).dataobj).copy()
+    data[..., 0] = data[..., 1]  # frame 1 (ED in Info.cfg) is another frame's volume
+    _save(data, _affine(), path)
+    write_cine(root, int(_split4().training[1][-3:]))
+    with caplog.at_level("WARNING", logger="ideal_components.data.prepare"):
+        dl = _acdc(root, tmp_path / "out", cine_frames="all")
+    assert len(dl["pretraining"]) == 2 * NB_FRAMES
+    assert any(str(path) in r.getMessage() and "frame 1 differs" in r.getMessage() for r in caplog.records)

@@ -9,6 +9,11 @@ writes ``datalist.json`` as described in ``docs/architecture.md``:
 ``imagesTr/<id>.nii.gz`` (float32), ``labelsTr/<id>.nii.gz`` (uint8), ``provenance/<id>.json`` (the volume's
 datalist item and the settings it was made with; written last, it marks the volume as complete) and
 ``datalist.json``.
+
+A layout may also offer unlabelled pre-training volumes per patient (:meth:`DatasetLayout.pretraining`: ACDC's cine
+frames). They are prepared for training patients only, with the image part of the same chain, into
+``imagesPt/<id>.nii.gz`` (float32) with the same ``provenance/<id>.json`` record, and listed under the datalist key
+``pretraining`` (items without ``label``).
 """
 
 from __future__ import annotations
@@ -26,11 +31,19 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from .io import DataError, atomic_write_json, atomic_write_nifti, check_pair, load_nifti
+from .io import AFFINE_RTOL, DataError, affines_close, atomic_write_json, atomic_write_nifti, check_pair, load_nifti
 from .preprocessing import preprocessing_transforms, to_metatensor
 from .splits import Split, parse_fractions, split_patients
 
-__all__ = ["VolumeSpec", "DatasetLayout", "prepare_dataset", "parse_bool", "parse_pair", "DEFAULT_PERCENTILES"]
+__all__ = [
+    "VolumeSpec",
+    "PretrainSpec",
+    "DatasetLayout",
+    "prepare_dataset",
+    "parse_bool",
+    "parse_pair",
+    "DEFAULT_PERCENTILES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +70,37 @@ class VolumeSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class PretrainSpec:
+    """The frames of one training patient's 4D file to prepare as unlabelled pre-training volumes.
+
+    Attributes:
+        patient: patient id (must be a training patient).
+        source: the raw 4D file (``H x W x D x T``; the frames share its spatial affine).
+        frames: 1-based frame numbers to prepare (output ids ``<patient>_f<NN>``).
+        num_frames: the number of frames the 4D file must have (its 4th dimension).
+        reference: a raw 3D image of the patient (ACDC: the ED frame) whose shape and affine the 4D file's first three
+            axes must match.
+        reference_frame: the 1-based frame of the 4D file expected to hold the voxels of ``reference`` (a warning if
+            not), or ``None``.
+        extra: additional provenance (e.g. ACDC group, ED / ES frame numbers).
+    """
+
+    patient: str
+    source: Path
+    frames: list[int]
+    num_frames: int
+    reference: Path
+    reference_frame: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def frame_id(self, frame: int) -> str:
+        """The output id of frame ``frame`` (1-based): ``patient001_f07``."""
+        return f"{self.patient}_f{int(frame):02d}"
+
+
 class DatasetLayout:
-    """How a raw dataset is laid out; subclasses implement the three methods.
+    """How a raw dataset is laid out; subclasses implement the three methods (and optionally :meth:`pretraining`).
 
     Attributes:
         name: ``"acdc"`` / ``"mmwhs"`` (splits and defaults).
@@ -85,6 +127,16 @@ class DatasetLayout:
     def settings(self) -> dict[str, Any]:
         """Layout options that change the prepared volumes (compared on a rerun)."""
         return {}
+
+    @property
+    def pretraining_enabled(self) -> bool:
+        """Whether :meth:`pretraining` is used (then the datalist gets a ``pretraining`` key)."""
+        return False
+
+    def pretraining(self, patient: str, source: Any) -> PretrainSpec | None:
+        """The unlabelled pre-training frames of one TRAINING patient, or ``None`` (called only when
+        :attr:`pretraining_enabled`; raises ``DataError`` naming the file, e.g. a missing 4D file)."""
+        return None
 
 
 def parse_bool(value: Any, name: str) -> bool:
@@ -125,11 +177,13 @@ def parse_pair(value: Any, name: str, kind: type = float) -> tuple:
 _CHAINS: dict[str, Any] = {}
 
 
-def _chain(settings: dict[str, Any]):
-    key = json.dumps(settings, sort_keys=True)
+def _chain(settings: dict[str, Any], keys: tuple[str, ...] = ("image", "label")):
+    """The preprocessing chain for ``settings``; ``keys=("image",)`` gives the image part of the very same chain
+    (every step treats each key on its own, and the image is the first key, whose output shape sets the others')."""
+    key = json.dumps([settings, list(keys)], sort_keys=True)
     if key not in _CHAINS:
         _CHAINS[key] = preprocessing_transforms(
-            keys=("image", "label"),
+            keys=keys,
             pixdim=settings["pixdim"],
             spatial_size=settings["spatial_size"],
             percentiles=settings["percentiles"],
@@ -146,6 +200,26 @@ def _out_paths(out: Path, vid: str) -> dict[str, Path]:
     }
 
 
+def _pretrain_paths(out: Path, vid: str) -> dict[str, Path]:
+    return {"image": out / "imagesPt" / f"{vid}.nii.gz", "record": out / "provenance" / f"{vid}.json"}
+
+
+def _finished(paths: dict[str, Path], vid: str, settings: dict, overwrite: bool) -> dict | None:
+    """The datalist item of an already prepared volume (every output exists; the record is written last), else
+    ``None``. Raises ``DataError`` if it was prepared with other settings."""
+    if overwrite or not all(p.exists() for p in paths.values()):
+        return None
+    with open(paths["record"]) as f:
+        record = json.load(f)
+    if record.get("settings") != settings:
+        raise DataError(
+            f"{paths['record']}: {vid} was prepared with different settings {record.get('settings')} "
+            f"(now {settings}); prepare into another folder or pass overwrite=True."
+        )
+    logger.debug("%s: already prepared, skipped", vid)
+    return record["item"]
+
+
 def _save(array: np.ndarray, affine: np.ndarray, dtype: type, path: Path) -> None:
     img = nib.Nifti1Image(array.astype(dtype), affine)
     img.header.set_data_dtype(dtype)
@@ -157,16 +231,9 @@ def _save(array: np.ndarray, affine: np.ndarray, dtype: type, path: Path) -> Non
 
 def _prepare_volume(layout: DatasetLayout, spec: VolumeSpec, out: Path, settings: dict, overwrite: bool) -> dict:
     paths = _out_paths(out, spec.id)
-    if not overwrite and all(p.exists() for p in paths.values()):
-        with open(paths["record"]) as f:
-            record = json.load(f)
-        if record.get("settings") != settings:
-            raise DataError(
-                f"{paths['record']}: {spec.id} was prepared with different settings {record.get('settings')} "
-                f"(now {settings}); prepare into another folder or pass overwrite=True."
-            )
-        logger.debug("%s: already prepared, skipped", spec.id)
-        return record["item"]
+    done = _finished(paths, spec.id, settings, overwrite)
+    if done is not None:
+        return done
 
     image = load_nifti(spec.image, what="image")
     label = load_nifti(spec.label, what="label")
@@ -210,10 +277,96 @@ def _prepare_volume(layout: DatasetLayout, spec: VolumeSpec, out: Path, settings
     return item
 
 
-def _prepare_patient(args: tuple) -> tuple[list[dict], list[dict]]:
-    """Prepare every volume of one patient -> (items, skipped entries)."""
-    layout, patient, source, out, settings, overwrite, skip_bad = args
+def _load_cine(spec: PretrainSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check a 4D file -> (``H x W x D x T`` array, affine). Raises ``DataError`` naming the file."""
+    cine = load_nifti(spec.source, expect_ndim=4, what="cine")
+    reference = load_nifti(spec.reference, what="image")
+    shape, ref_shape = tuple(int(s) for s in cine.shape), tuple(int(s) for s in reference.shape)
+    if shape[:3] != ref_shape:
+        raise DataError(
+            f"{spec.source}: 4D cine spatial shape {shape[:3]} does not match the shape {ref_shape} of "
+            f"{spec.reference}."
+        )
+    if shape[3] != spec.num_frames:
+        raise DataError(f"{spec.source}: 4D cine has {shape[3]} frames, expected {spec.num_frames} (NbFrame).")
+    if not affines_close(cine.affine, reference.affine):
+        raise DataError(
+            f"{spec.source}: 4D cine affine does not match the affine of {spec.reference} (relative tolerance "
+            f"{AFFINE_RTOL}):\ncine\n{np.round(cine.affine, 4)}\nimage\n{np.round(reference.affine, 4)}"
+        )
+    data = np.asanyarray(cine.dataobj)
+    if spec.reference_frame is not None and not np.array_equal(
+        data[..., spec.reference_frame - 1], np.asanyarray(reference.dataobj)
+    ):
+        logger.warning("%s: frame %d differs from %s", spec.source, spec.reference_frame, spec.reference)
+    return data, np.asarray(cine.affine, dtype=np.float64)
+
+
+def _prepare_pretraining(
+    spec: PretrainSpec, out: Path, settings: dict, overwrite: bool, skip_bad: bool
+) -> tuple[list[dict], list[dict]]:
+    """Prepare the frames of one patient's 4D file (read once, only if a frame is missing) -> (items, skipped).
+
+    Each frame is a 3D volume with the 4D file's spatial affine, run through the image part of the preparation chain
+    (:func:`_chain`) and written as ``imagesPt/<patient>_f<NN>.nii.gz`` (float32), then its record."""
+    items: dict[int, dict] = {}
+    todo = []
+    for frame in spec.frames:
+        vid = spec.frame_id(frame)
+        done = _finished(_pretrain_paths(out, vid), vid, settings, overwrite)
+        if done is None:
+            todo.append(frame)
+        else:
+            items[frame] = done
+    skipped: list[dict] = []
+    if todo:
+        data, raw_affine = _load_cine(spec)
+        raw_shape = [int(s) for s in data.shape]
+        raw_spacing = [float(s) for s in np.sqrt((raw_affine[:3, :3] ** 2).sum(axis=0))]
+        for frame in todo:
+            vid = spec.frame_id(frame)
+            paths = _pretrain_paths(out, vid)
+            volume = data[..., frame - 1]
+            if float(volume.max()) == float(volume.min()):
+                error = (
+                    f"{spec.source}: frame {frame} of the 4D cine is constant (every voxel is {float(volume.min())})."
+                )
+                if not skip_bad:
+                    raise DataError(error)
+                logger.warning("skipped %s: %s", vid, error)
+                skipped.append({"patient": spec.patient, "id": vid, "error": error})
+                continue
+            result = _chain(settings, keys=("image",))({"image": to_metatensor(volume, raw_affine, str(spec.source))})
+            out_img = result["image"]
+            _save(out_img[0].numpy(), out_img.affine.numpy().astype(np.float64), np.float32, paths["image"])
+            item: dict[str, Any] = {
+                "image": f"imagesPt/{vid}.nii.gz",
+                "id": vid,
+                "patient": spec.patient,
+                "frame": int(frame),
+                "num_slices": int(out_img.shape[-1]),
+                "provenance": {
+                    "raw_image": str(spec.source),
+                    "raw_frame": int(frame),
+                    "raw_shape": raw_shape,
+                    "raw_spacing": raw_spacing,
+                    "raw_affine": raw_affine.tolist(),
+                    **spec.extra,
+                },
+            }
+            atomic_write_json({"item": item, "settings": settings}, paths["record"])
+            items[frame] = item
+        del data
+    return [items[f] for f in spec.frames if f in items], skipped
+
+
+def _prepare_patient(args: tuple) -> tuple[list[dict], list[dict], list[dict]]:
+    """Prepare every volume of one patient -> (items, pre-training items, skipped entries).
+
+    The pre-training frames are prepared only when ``pretrain`` (the driver sets it for training patients only)."""
+    layout, patient, source, out, settings, overwrite, skip_bad, pretrain = args
     items: list[dict] = []
+    pretrain_items: list[dict] = []
     skipped: list[dict] = []
     try:
         specs = layout.volumes(patient, source)
@@ -221,7 +374,7 @@ def _prepare_patient(args: tuple) -> tuple[list[dict], list[dict]]:
         if not skip_bad:
             raise
         logger.warning("skipped patient %s: %s", patient, e)
-        return items, [{"patient": patient, "id": None, "error": str(e)}]
+        return items, pretrain_items, [{"patient": patient, "id": None, "error": str(e)}]
     for spec in specs:
         try:
             items.append(_prepare_volume(layout, spec, out, settings, overwrite))
@@ -230,10 +383,23 @@ def _prepare_patient(args: tuple) -> tuple[list[dict], list[dict]]:
                 raise
             logger.warning("skipped %s: %s", spec.id, e)
             skipped.append({"patient": patient, "id": spec.id, "error": str(e)})
-    return items, skipped
+    if pretrain:
+        try:
+            cine = layout.pretraining(patient, source)
+            if cine is not None:
+                if cine.patient != patient:
+                    raise AssertionError(f"pre-training spec of {cine.patient} returned for patient {patient}")
+                pretrain_items, cine_skipped = _prepare_pretraining(cine, out, settings, overwrite, skip_bad)
+                skipped += cine_skipped
+        except DataError as e:
+            if not skip_bad:
+                raise
+            logger.warning("skipped the pre-training frames of %s: %s", patient, e)
+            skipped.append({"patient": patient, "id": f"{patient}_4d", "error": str(e)})
+    return items, pretrain_items, skipped
 
 
-def _run(tasks: list[tuple], num_workers: int, desc: str) -> Iterator[tuple[list[dict], list[dict]]]:
+def _run(tasks: list[tuple], num_workers: int, desc: str) -> Iterator[tuple[list[dict], list[dict], list[dict]]]:
     bar = tqdm(total=len(tasks), desc=desc, unit="patient", dynamic_ncols=True)
     try:
         if num_workers > 0 and len(tasks) > 1:
@@ -261,7 +427,13 @@ def _check_out(root: Path, out: Path) -> None:
 
 
 def _datalist(
-    items: list[dict], split: Split, fractions: Sequence[str], skipped: list[dict], preparation: dict, path: Path
+    items: list[dict],
+    split: Split,
+    fractions: Sequence[str],
+    skipped: list[dict],
+    preparation: dict,
+    path: Path,
+    pretraining: list[dict] | None = None,
 ) -> dict[str, Any]:
     by_split: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
     for item in sorted(items, key=lambda it: it["id"]):
@@ -279,6 +451,13 @@ def _datalist(
             raise DataError(
                 f"{path}: label fraction {f} % has no labelled volume (labelled patients {sorted(labeled)}): {why}"
             )
+    if pretraining is not None:
+        leaked = sorted({it["patient"] for it in pretraining if split.split_of(it["patient"]) != "training"})
+        if leaked:  # never reached: the driver prepares pre-training frames of training patients only
+            raise AssertionError(f"{path}: pre-training volumes of non-training patients {leaked}")
+        datalist["pretraining"] = sorted(pretraining, key=lambda it: it["id"])
+        if not pretraining:
+            logger.warning("%s: the pretraining list is empty", path)
     for name in ("training", "validation", "test"):
         if not by_split[name]:
             logger.warning("%s: the %s split is empty", path, name)
@@ -316,6 +495,9 @@ def prepare_dataset(
         overwrite: re-prepare volumes whose outputs exist.
         num_workers: worker processes (0: in this process).
         extra_preparation: more entries for the datalist's ``preparation`` (e.g. ACDC frames).
+
+    With ``layout.pretraining_enabled`` the frames given by ``layout.pretraining`` are prepared for the training
+    patients (only) and listed under the datalist key ``pretraining``.
 
     Returns:
         The path of ``datalist.json``.
@@ -359,11 +541,20 @@ def prepare_dataset(
     }
     out_p.mkdir(parents=True, exist_ok=True)
     assigned = sorted(set(split.training) | set(split.validation) | set(split.test))
-    tasks = [(layout, p, patients[p], out_p, settings, overwrite, skip_bad) for p in assigned]
+    pretrain = bool(layout.pretraining_enabled)
+    training = set(split.training)
+    tasks = [
+        (layout, p, patients[p], out_p, settings, overwrite, skip_bad, pretrain and p in training) for p in assigned
+    ]
+    leaked = [task[1] for task in tasks if task[-1] and split.split_of(task[1]) != "training"]
+    if leaked:  # pre-training volumes come from training patients only, never a validation or test patient
+        raise AssertionError(f"pre-training frames requested for non-training patients {leaked}")
     items: list[dict] = []
+    pretrain_items: list[dict] = []
     skipped: list[dict] = []
-    for patient_items, patient_skipped in _run(tasks, num_workers, f"prepare {layout.name}"):
+    for patient_items, patient_pretrain, patient_skipped in _run(tasks, num_workers, f"prepare {layout.name}"):
         items += patient_items
+        pretrain_items += patient_pretrain
         skipped += patient_skipped
 
     preparation = {
@@ -376,7 +567,9 @@ def prepare_dataset(
         "root": str(root_p),
     }
     path = out_p / "datalist.json"
-    datalist = _datalist(items, split, keys, skipped, preparation, path)
+    datalist = _datalist(items, split, keys, skipped, preparation, path, pretrain_items if pretrain else None)
     atomic_write_json(datalist, path)
     logger.info("%s: %d volumes prepared, %d skipped", path, len(items), len(skipped))
+    if pretrain:
+        logger.info("%s: %d pre-training volumes", path, len(pretrain_items))
     return str(path)
