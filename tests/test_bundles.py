@@ -76,6 +76,34 @@ def test_bundle_files(bundle):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+def test_learning_rate_schedule(bundle, prepared):
+    """Default: the paper's constant learning rate. ``warmup_epochs`` / ``cosine_decay``: a linear warm-up from 0,
+    then a half-cosine to 0 at ``max_epochs``, per iteration."""
+    from monai.bundle import ConfigParser
+
+    def learning_rates(**overrides) -> tuple[list[float], int]:
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+        parser.update({"dataset_dir": str(prepared[bundle]), "num_workers": 0, "max_epochs": 4, **overrides})
+        scheduler = parser.get_parsed_content("lr_scheduler")
+        steps = len(parser.get_parsed_content("train#dataloader"))
+        rates = []
+        for _ in range(4 * steps):
+            rates.append(scheduler.optimizer.param_groups[0]["lr"])
+            scheduler.optimizer.step()
+            scheduler.step()
+        return rates + [scheduler.optimizer.param_groups[0]["lr"]], steps
+
+    rates, _ = learning_rates()
+    assert rates == [1e-5] * len(rates)
+    rates, steps = learning_rates(warmup_epochs=1, cosine_decay=True, learning_rate=1e-3)
+    assert rates[0] == 0.0 and rates[steps] == pytest.approx(1e-3)
+    assert rates[:steps] == pytest.approx([1e-3 * i / steps for i in range(steps)])
+    assert all(a > b for a, b in zip(rates[steps:], rates[steps + 1 :]))  # decreasing after the warm-up
+    assert rates[-1] == 0.0  # after the last iteration
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_metadata_offline(bundle):
     meta = REPO / "bundles" / bundle / "configs" / "metadata.json"
     proc = subprocess.run(
@@ -196,8 +224,14 @@ def test_acdc_end_to_end(tmp_path):
     encoder = run / "models" / "pretrained_encoder.pt"
     assert encoder.is_file()
 
-    out = run_bundle_ok("ideal_acdc", ["train.json"], run, *TINY, *data, "--max_epochs", "2", "--val_interval", "1")
+    schedule = ["--warmup_epochs", "1", "--cosine_decay", "True"]
+    out = run_bundle_ok(
+        "ideal_acdc", ["train.json"], run, *TINY, *data, *schedule, "--max_epochs", "2", "--val_interval", "1"
+    )
     assert "loaded pretrained encoder weights" in out
+    checkpoint = torch.load(next((run / "models").glob("train_checkpoint_epoch=2.pt")), weights_only=True)
+    assert checkpoint["lr_scheduler"]["last_epoch"] == checkpoint["trainer"]["iteration"] > 0  # stepped per iteration
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at 0
     model_pt = run / "models" / "model.pt"
     state = torch.load(model_pt, map_location="cpu", weights_only=True)
     from monai.networks.nets import FlexibleUNet
