@@ -6,12 +6,14 @@ A sweep runs, for every seed ``k``, method ``m`` and label fraction ``f``, the b
 - ``supervised``: no pre-training; fine-tuning ``train.json`` + ``train_supervised.json`` from scratch;
 - ``global_cl``: pre-training ``pretrain.json`` + ``pretrain_global.json`` (global contrastive, the Chaitanya-style
   baseline), then ``train.json`` + ``train_supervised.json`` from that encoder;
-- ``local_cl`` (ablation): pre-training ``pretrain.json`` (IDEAL's dense local loss), then supervised fine-tuning;
+- ``local_cl`` (ablation): IDEAL's pre-training (``pretrain.json``, the dense local loss; the same encoder as
+  ``ideal``'s, run once), then supervised fine-tuning: the clean isolation of the local pre-training;
 - ``ideal``: pre-training ``pretrain.json``, then ``train.json`` (cross pseudo-labels);
-- ``cps`` (ablation): no pre-training; ``train.json`` from scratch.
+- ``cps`` (ablation): no pre-training; ``train.json`` from scratch;
+- ``global_cps`` (ablation): ``global_cl``'s pre-training (run once), then ``train.json`` (cross pseudo-labels).
 
-Pre-training does not depend on the label fraction: it runs once per (method, seed) and every fraction's cell of
-that method and seed starts from its encoder.
+Pre-training does not depend on the label fraction: it runs once per (pre-training, seed) and every fraction's cell
+of the methods that use it starts from its encoder.
 
 Layout of ``out``::
 
@@ -96,12 +98,17 @@ _SWEEP_VERSION = 1
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """How one method runs: the bundle configs of its pre-training (``None``: none) and of its fine-tuning."""
+    """How one method runs: the bundle configs of its pre-training (``None``: none) and of its fine-tuning.
+
+    ``pretrain_owner``: the method whose pre-training this one reuses (the same configs and overrides give the same
+    encoder, so it runs once per seed, under ``<owner>/seed<k>/pretrain``); ``None``: its own.
+    """
 
     label: str
     pretrain: tuple[str, ...] | None
     finetune: tuple[str, ...]
     description: str = ""
+    pretrain_owner: str | None = None
 
 
 #: the methods a sweep knows, in table order
@@ -115,11 +122,19 @@ METHODS: dict[str, MethodSpec] = {
         ("train.json", "train_supervised.json"),
         "global contrastive pre-training, supervised fine-tuning",
     ),
+    "global_cps": MethodSpec(
+        "Global CL + CPS",
+        ("pretrain.json", "pretrain_global.json"),
+        ("train.json",),
+        "global contrastive pre-training, cross-pseudo-label fine-tuning (ablation)",
+        pretrain_owner="global_cl",
+    ),
     "local_cl": MethodSpec(
         "Local CL",
         ("pretrain.json",),
         ("train.json", "train_supervised.json"),
         "IDEAL's dense local pre-training, supervised fine-tuning (ablation)",
+        pretrain_owner="ideal",
     ),
     "ideal": MethodSpec(
         "IDEAL", ("pretrain.json",), ("train.json",), "dense local pre-training, cross-pseudo-label fine-tuning"
@@ -474,12 +489,13 @@ def plan_sweep(
     settings = {"bundle": str(bundle_dir), "dataset_dir": str(data_dir), "overrides": ft, "pretrain_overrides": pt_own}
     steps: list[SweepStep] = []
     for seed in seed_list:
+        pretrain_steps: dict[Path, SweepStep] = {}  # one per pre-training folder, shared by the methods reusing it
         for m in method_names:
             spec = METHODS[m]
             cell_steps: list[SweepStep] = []
             encoder: Path | None = None
             if spec.pretrain is not None:
-                root = out_dir / m / f"seed{seed}" / "pretrain"
+                root = out_dir / (spec.pretrain_owner or m) / f"seed{seed}" / "pretrain"
                 encoder = root.joinpath(*ENCODER_REL)
             for f in fraction_keys:
                 cell = out_dir / m / f"f{f}" / f"seed{seed}"
@@ -520,10 +536,11 @@ def plan_sweep(
                 root = encoder.parent.parent
                 args = {"dataset_dir": str(data_dir), "seed": seed, **pt}
                 cells_done = all(s.done for s in cell_steps)
-                steps.append(
-                    SweepStep(
+                shared = pretrain_steps.get(root)
+                if shared is None:
+                    pretrain_steps[root] = SweepStep(
                         "pretrain",
-                        m,
+                        spec.pretrain_owner or m,
                         seed,
                         None,
                         str(root),
@@ -535,7 +552,9 @@ def plan_sweep(
                         clear=[str(root / "models"), str(root / "logs")] if ignore_done else [],
                         done=cells_done or (encoder.is_file() and not ignore_done),
                     )
-                )
+                    steps.append(pretrain_steps[root])
+                elif not cells_done:  # another method still needs the shared encoder
+                    shared.done = encoder.is_file() and not ignore_done
             steps += cell_steps
     return SweepPlan(str(out_dir), settings, dataset, method_names, fraction_keys, seed_list, steps)
 
@@ -869,7 +888,7 @@ def sweep(
     Args:
         bundle: the bundle folder (``bundles/ideal_acdc``).
         fractions: label fractions, ``"1.25,2.5,10,100"``, a tuple or a number; default the dataset's published ones.
-        methods: among ``supervised``, ``global_cl``, ``ideal`` and the ablations ``local_cl``, ``cps``.
+        methods: among ``supervised``, ``global_cl``, ``ideal`` and the ablations ``local_cl``, ``cps``, ``global_cps``.
         seeds: ``"0,1,2"``, a tuple or an int.
         dataset_dir: the prepared dataset (with ``datalist.json``); default ``<bundle>/data/prepared``.
         out: the sweep folder; default ``runs/sweep_<dataset>``.

@@ -127,7 +127,7 @@ def test_plan_commands_and_shared_pretraining(tmp_path, fake_data):
     plan = sw.plan_sweep(
         str(BUNDLE),
         fractions=(1.25, 10),
-        methods="supervised,global_cl,local_cl,ideal,cps",
+        methods="supervised,global_cl,local_cl,ideal,cps,global_cps",
         seeds="0,1",
         dataset_dir=str(fake_data),
         out=str(tmp_path / "out"),
@@ -138,9 +138,9 @@ def test_plan_commands_and_shared_pretraining(tmp_path, fake_data):
     assert not any(s.done for s in plan.steps)
     out = tmp_path / "out"
     pretrain = [s for s in plan.steps if s.kind == "pretrain"]
-    # pre-training once per (method, seed), only for the methods that have one
+    # pre-training once per (pre-training, seed): local_cl reuses ideal's, global_cps global_cl's
     assert sorted((s.method, s.seed) for s in pretrain) == sorted(
-        (m, k) for m in ("global_cl", "local_cl", "ideal") for k in (0, 1)
+        (m, k) for m in ("global_cl", "ideal") for k in (0, 1)
     )
     expected = {
         # method: (pretrain configs, fine-tuning configs, use_pretrained)
@@ -149,7 +149,9 @@ def test_plan_commands_and_shared_pretraining(tmp_path, fake_data):
         "local_cl": (["pretrain.json"], ["train.json", "train_supervised.json"], "True"),
         "ideal": (["pretrain.json"], ["train.json"], "True"),
         "cps": (None, ["train.json"], "False"),
+        "global_cps": (["pretrain.json", "pretrain_global.json"], ["train.json"], "True"),
     }
+    owner = {"local_cl": "ideal", "global_cps": "global_cl"}
     for s in pretrain:
         root = out / s.method / f"seed{s.seed}" / "pretrain"
         assert s.bundle_root == str(root) and s.done_file == str(root / "models" / "pretrained_encoder.pt")
@@ -164,7 +166,7 @@ def test_plan_commands_and_shared_pretraining(tmp_path, fake_data):
             assert key not in s.command
         assert s.command[1:4] == ["-m", "monai.bundle", "run"] and s.command[0] == sys.executable
     cells = [s for s in plan.steps if s.kind != "pretrain"]
-    assert len(cells) == 5 * 2 * 2 * 2
+    assert len(cells) == 6 * 2 * 2 * 2
     for s in cells:
         cell = out / s.method / f"f{s.fraction}" / f"seed{s.seed}"
         assert s.bundle_root == str(cell) and _arg(s.command, "--bundle_root") == str(cell)
@@ -178,8 +180,8 @@ def test_plan_commands_and_shared_pretraining(tmp_path, fake_data):
         encoder = _arg(s.command, "--pretrained_encoder")
         if pre is None:
             assert encoder is None
-        else:  # every fraction of a (method, seed) starts from the one pre-training of that (method, seed)
-            (shared,) = [p for p in pretrain if (p.method, p.seed) == (s.method, s.seed)]
+        else:  # every fraction of a (method, seed) starts from the one pre-training of that (owner, seed)
+            (shared,) = [p for p in pretrain if (p.method, p.seed) == (owner.get(s.method, s.method), s.seed)]
             assert encoder == shared.done_file
             assert plan.steps.index(shared) < plan.steps.index(s)
     # a cell is train then evaluate; the evaluation marks the cell done
@@ -227,6 +229,14 @@ def test_plan_marks_done_steps(tmp_path, fake_data):
     plan = sw.plan_sweep(str(BUNDLE), overrides=TINY, **kwargs)
     assert "supervised/f10/seed0/train" not in [s.key for s in plan.pending()]
     assert all(not s.done for s in sw.plan_sweep(str(BUNDLE), overrides=TINY, ignore_done=True, **kwargs).steps)
+    # a shared pre-training is needed while any method using it has a cell to run
+    kwargs["methods"] = "ideal,local_cl"
+    plan = sw.plan_sweep(str(BUNDLE), overrides=TINY, **kwargs)
+    assert [s.key for s in plan.steps if s.kind == "pretrain"] == ["ideal/seed0/pretrain"]
+    assert "ideal/seed0/pretrain" in [s.key for s in plan.pending()]
+    for f in ("1.25", "10"):
+        write_summary(out / "local_cl" / f"f{f}" / "seed0", 0.6)
+    assert not sw.plan_sweep(str(BUNDLE), overrides=TINY, **kwargs).pending()
 
 
 @pytest.mark.parametrize(
