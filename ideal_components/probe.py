@@ -191,7 +191,7 @@ def probe(
     lr: float = 0.01,
     batch_size: int = 8,
     spatial_size: Any = None,
-    pretext_level: int = -2,
+    pretext_level: int = -1,
     pretext_slices: int = 32,
     max_shift: int = 2,
     brightness: float = 0.3,
@@ -222,7 +222,8 @@ def probe(
         lr: the classifier's learning rate.
         batch_size: slices per classifier step (and per BatchNorm / pretext batch).
         spatial_size: resize slices in-plane to this size (``None``: as prepared).
-        pretext_level: the feature level of the pretext accuracy (``pretrain.json``'s ``feature_level``, -2).
+        pretext_level: the feature level of the pretext accuracy (``pretrain.json``'s ``feature_level``, -1; for
+            several levels, the deepest).
         pretext_slices: slices (a subset of the BatchNorm slices) for the pretext accuracy.
         max_shift: the key view's shift in feature cells, at most, as in pre-training.
         brightness: photometric offset range of the views, as in pre-training.
