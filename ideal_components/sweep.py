@@ -62,6 +62,7 @@ import numpy as np
 
 from ideal_components.metrics import METRIC_NAMES
 from ideal_components.report import PAPER_RESULTS, ReportResult, _fmt, _read_json
+from ideal_components.sweep_compare import paired_differences, paired_markdown, t_interval
 from ideal_components.utils import atomic_write_text
 
 __all__ = [
@@ -659,6 +660,7 @@ def collect_results(
             vals = [v[metric] for v in per_seed if metric in v]
             row[f"{metric}_mean"] = float(np.mean(vals)) if vals else float("nan")
             row[f"{metric}_std"] = float(np.std(vals)) if vals else float("nan")
+            row[f"{metric}_values"] = vals
         units = sorted({v["units"] for v in per_seed})
         row["units"] = units[0] if len(units) == 1 else ("mixed: " + "/".join(units) if units else "")
         conv = sorted({v["hd95_convention"] for v in per_seed})
@@ -699,6 +701,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None
     unit = _unit_label(rows)
     head = ["Method", "Labels", "Seeds"]
     head += [lab if not has_unit else f"{lab} ({unit}) ↓" for lab, has_unit in _TABLE_METRICS.values()]
+    head.insert(4, "DSC 95 % CI")
     head += ["Paper DSC", "Paper HD [a]", "Paper ASD [a]"]
     lines = [f"# {title or 'Label-fraction sweep'}", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -709,6 +712,8 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None
             cells.append(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) if n else "n/a")
             if n and not str(r.get("units", "mm")).startswith(("mm", "vox")) and r.get("units"):
                 cells[-1] += f" ({r['units']})"
+        lo, hi = t_interval(r.get("dice_values", []))
+        cells.insert(4, f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else "n/a")
         for k in ("dice", "hd", "asd"):
             v = r.get(f"paper_{k}")
             cells.append(_fmt(v) if isinstance(v, (int, float)) else "–")
@@ -717,7 +722,8 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None
     lines += [
         "",
         "Mean ± std (population, ddof=0) over the seeds done; each seed's value is that cell's mean over the test "
-        "volumes (each volume: mean over its foreground classes). "
+        "volumes (each volume: mean over its foreground classes). DSC 95 % CI: Student's t interval of the mean over "
+        "the seeds (n/a below 2 seeds). "
         f"HD95 and ASD in {unit} (HD95 convention: {', '.join(conventions) or 'n/a'}). "
         "A structure missing from the prediction or the reference counts with Dice 0 and the volume diagonal as "
         "distance.",
@@ -767,6 +773,9 @@ def write_results(plan: SweepPlan, title: str | None = None) -> tuple[str, str]:
     rows = collect_results(plan.out, plan.methods, plan.fractions, plan.seeds, plan.dataset)
     dataset = (plan.dataset or Path(plan.settings["bundle"]).name).upper()
     md = results_markdown(rows, title=title or f"{dataset} label-fraction sweep")
+    paired = paired_differences(plan.out, plan.fractions, plan.seeds)
+    if paired:
+        md += "\n## Paired differences (test DSC)\n\n" + paired_markdown(paired)
     atomic_write_text(plan.results_md, md)
     atomic_write_text(plan.results_csv, results_csv(rows))
     return md, plan.results_md

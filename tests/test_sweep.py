@@ -8,6 +8,7 @@ import stat
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ideal_components import sweep as sw
@@ -293,13 +294,14 @@ def test_results_table_from_cell_outputs(tmp_path, fake_data):
     assert list(rows)[-1] == ("cps", "100") and rows[("cps", "100")]["seeds_planned"] == 1
 
     lines = md.splitlines()
-    assert "| IDEAL | 10% | 2/2 | 0.700 ± 0.100 | 3.000 ± 1.000 | 3.000 ± 1.000 | 0.879 | 2.094 | 0.556 |" in lines
-    assert "| Global CL | 10% | 1/2 | 0.500 ± 0.000 | 2.000 ± 0.000 | 2.000 ± 0.000 | 0.847 | – | – |" in lines
-    assert "| Global CL | 1.25% | 0/2 | n/a | n/a | n/a | 0.729 | – | – |" in lines
-    assert "| Supervised | 1.25% | 1/2 | 0.300 ± 0.000 | 2.000 ± 0.000 | 2.000 ± 0.000 | – | – | – |" in lines
-    assert "| Supervised | 10% | 0/2 | n/a | n/a | n/a | – | – | – |" in lines
+    ideal_line = "| IDEAL | 10% | 2/2 | 0.700 ± 0.100 | [-0.571, 1.971] | 3.000 ± 1.000 | 3.000 ± 1.000 "
+    assert ideal_line + "| 0.879 | 2.094 | 0.556 |" in lines  # t(0.975, 1) = 12.706
+    assert "| Global CL | 10% | 1/2 | 0.500 ± 0.000 | n/a | 2.000 ± 0.000 | 2.000 ± 0.000 | 0.847 | – | – |" in lines
+    assert "| Global CL | 1.25% | 0/2 | n/a | n/a | n/a | n/a | 0.729 | – | – |" in lines
+    assert "| Supervised | 1.25% | 1/2 | 0.300 ± 0.000 | n/a | 2.000 ± 0.000 | 2.000 ± 0.000 | – | – | – |" in lines
+    assert "| Supervised | 10% | 0/2 | n/a | n/a | n/a | n/a | – | – | – |" in lines
     assert "HD95 (mm)" in md and "ASD (mm)" in md and "voxels" in md and "HD95 convention: medpy" in md
-    table_rows = [line for line in lines if line.startswith("| ") and "%" in line]
+    table_rows = [line for line in lines if line.startswith("| ") and "%" in line and not line.startswith("| Method")]
     assert len(table_rows) == 3 * 2 + 1
 
     csv_lines = (out / "results.csv").read_text().splitlines()
@@ -310,6 +312,28 @@ def test_results_table_from_cell_outputs(tmp_path, fake_data):
     ideal_csv = [dict(zip(header, line.split(","))) for line in csv_lines[1:] if line.startswith("ideal,IDEAL,10,")]
     assert float(ideal_csv[0]["dice_mean"]) == pytest.approx(0.7) and ideal_csv[0]["paper_hd"] == "2.094"
     assert ideal_csv[0]["seeds"] == "0 1" and ideal_csv[0]["units"] == "mm"
+
+
+def test_paired_differences(tmp_path, fake_data):
+    """Pairs by seed, only where both methods are done; Student-t interval; the table lands in results.md."""
+    from ideal_components.sweep_compare import paired_differences, t_interval
+
+    out = tmp_path / "out"
+    for seed, (ideal, cps) in enumerate([(0.80, 0.75), (0.70, 0.72), (0.90, 0.80)]):
+        write_summary(out / "ideal" / "f10" / f"seed{seed}", ideal)
+        write_summary(out / "cps" / "f10" / f"seed{seed}", cps)
+    write_summary(out / "ideal" / "f100" / "seed0", 0.9)  # no cps partner: no row
+    (row,) = paired_differences(str(out), ["10", "100"])
+    assert (row["a"], row["b"], row["fraction"], row["seeds"]) == ("ideal", "cps", "10", [0, 1, 2])
+    assert row["differences"] == pytest.approx([0.05, -0.02, 0.10])
+    assert row["mean"] == pytest.approx(0.13 / 3) and (row["a_better"], row["b_better"]) == (2, 1)
+    half = 4.302653 * np.std([0.05, -0.02, 0.10], ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert row["ci95"] == pytest.approx((0.13 / 3 - half, 0.13 / 3 + half), rel=1e-5)
+    assert all(np.isnan(t_interval([0.1])))
+    assert paired_differences(str(out), ["10"], seeds=[1])[0]["differences"] == pytest.approx([-0.02])
+    plan = sw.plan_sweep(str(BUNDLE), "10,100", "cps,ideal", "0,1,2", str(fake_data), str(out), overrides=TINY)
+    md, _ = sw.write_results(plan)
+    assert "## Paired differences (test DSC)" in md and "| ideal - cps | 3 | +0.043 [" in md
 
 
 def test_results_in_voxel_units(tmp_path):
