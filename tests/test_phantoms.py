@@ -9,6 +9,7 @@ import re
 import nibabel as nib
 import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from ideal_components.data import phantoms
 from ideal_components.data.phantoms import (
@@ -315,10 +316,8 @@ def test_render_preview(acdc_root, mmwhs_root, hard_root, tmp_path):
         out = render_preview(root, str(tmp_path / f"{dataset}.png"), dataset=dataset, cases=2)
         with open(out, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    out = render_preview(hard_root, str(tmp_path / "hard.png"), cases=1, crop_mm=120, colors=64)
-    from PIL import Image
-
-    with Image.open(out) as png:
-        assert png.mode == "P" and len(png.getcolors()) <= 64
+    out = render_preview(hard_root, str(tmp_path / "hard.png"), cases=1, crop_mm=120)
+    image = imread(out)
+    assert image.ndim == 3 and image.shape[0] > 100
     with pytest.raises(ValueError):
         render_preview(acdc_root, str(tmp_path / "x.png"), dataset="other")

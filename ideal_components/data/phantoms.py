@@ -21,7 +21,7 @@ axis order and direction (RAS, LPS, permuted axes, slightly oblique), so the ana
 the storage orientation.
 
 ``render_preview`` draws a few cases with their label overlays (``docs/images/phantoms_*.png``; the hard preset's
-``phantoms_acdc_hard.png`` with ``crop_mm=130, colors=256``).
+``phantoms_acdc_hard.png`` with ``crop_mm=130``).
 """
 
 from __future__ import annotations
@@ -1096,13 +1096,7 @@ def _overlay(ax: Any, image: np.ndarray, label: np.ndarray | None, colours: dict
 
 
 def render_preview(
-    raw_root: str,
-    out_png: str,
-    dataset: str = "acdc",
-    cases: int = 4,
-    seed: int = 0,
-    crop_mm: float | None = None,
-    colors: int | None = None,
+    raw_root: str, out_png: str, dataset: str = "acdc", cases: int = 4, seed: int = 0, crop_mm: float | None = None
 ) -> str:
     """Draw a grid of phantom (or real raw) cases with their label overlays into a PNG (matplotlib, Agg).
 
@@ -1119,7 +1113,6 @@ def render_preview(
         seed: picks which cases are drawn (all of them if there are no more than ``cases``).
         crop_mm: ACDC only: show a square of this side (mm) around the heart, the same box on every slice of a
             patient (so slice misalignment shows), instead of the whole field of view.
-        colors: quantise the PNG to this many colours (a palette image, several times smaller when noisy).
 
     Returns:
         ``out_png``.
@@ -1229,12 +1222,4 @@ def render_preview(
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=80)
     plt.close(fig)
-    if colors is not None:
-        from PIL import Image
-
-        with Image.open(out_png) as png:
-            palette = png.convert("RGB").quantize(
-                int(colors), method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
-            )
-        palette.save(out_png, optimize=True)
     return out_png
