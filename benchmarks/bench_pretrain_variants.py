@@ -146,8 +146,11 @@ def main() -> None:
         *rows,
         "",
     ]
-    default = REPO / "benchmarks" / "results" / (
-        "pretrain_variants.md" if args.difficulty == "standard" else f"pretrain_variants_{args.difficulty}.md"
+    default = (
+        REPO
+        / "benchmarks"
+        / "results"
+        / ("pretrain_variants.md" if args.difficulty == "standard" else f"pretrain_variants_{args.difficulty}.md")
     )
     target = Path(args.results) if args.results else default
     atomic_write_text(str(target), "\n".join(lines))

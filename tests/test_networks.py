@@ -208,9 +208,10 @@ def test_contrastive_multi_level_heads_and_gradients():
     single(x).square().mean().backward()
     assert all(p.grad is None for n, p in single.encoder.named_parameters() if n.startswith("layer4"))
     # a one-element list is the single-level network (same state-dict keys)
-    assert DenseContrastiveNet(backbone=BACKBONE, feature_level=[-2]).state_dict().keys() == DenseContrastiveNet(
-        backbone=BACKBONE, feature_level=-2
-    ).state_dict().keys()
+    assert (
+        DenseContrastiveNet(backbone=BACKBONE, feature_level=[-2]).state_dict().keys()
+        == DenseContrastiveNet(backbone=BACKBONE, feature_level=-2).state_dict().keys()
+    )
 
 
 def test_contrastive_paper_head_is_one_conv():
