@@ -196,6 +196,11 @@ class _TwoStageTrainerBase(SupervisedTrainer):
 _PRETEXT_QUERIES = 1024
 
 
+def _as_list(maps: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """One projection map, or one per level, as a list."""
+    return list(maps) if isinstance(maps, (list, tuple)) else [maps]
+
+
 def _draw_shift(max_shift: int, device: torch.device) -> tuple[int, int]:
     """A random ``(dy, dx)`` in ``[-max_shift, max_shift]`` feature cells (the global torch RNG: seeded by
     ``monai.utils.set_determinism``)."""
@@ -428,8 +433,7 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
         with engine._autocast(engine):
             # plain tensors into the network: a MetaTensor would route every layer's operations through its
             # __torch_function__, and torch.compile needs plain tensors
-            queries = engine.network(convert_to_tensor(x1, track_meta=False))
-            queries = list(queries) if isinstance(queries, (list, tuple)) else [queries]
+            queries = _as_list(engine.network(convert_to_tensor(x1, track_meta=False)))
             # the shift is drawn in cells of the coarsest projected map, a whole number of cells at every level;
             # keep at least half of each axis overlapping there (a 2x2 map is never shifted)
             coarsest = min(queries, key=lambda t: t.shape[-1])
@@ -438,8 +442,7 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
             stride = (x1.shape[-2] // coarsest.shape[-2], x1.shape[-1] // coarsest.shape[-1])
             with torch.no_grad():
                 x2 = convert_to_tensor(x2, track_meta=False)
-                keys = bare.forward_key(shift_image(x2, shift, stride) if shift != (0, 0) else x2)
-            keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
+                keys = _as_list(bare.forward_key(shift_image(x2, shift, stride) if shift != (0, 0) else x2))
             pairs = []
             for q, k in zip(queries, keys):
                 ratio = (q.shape[-2] // coarsest.shape[-2], q.shape[-1] // coarsest.shape[-1])
