@@ -18,6 +18,7 @@ _SUBMODULES = (
     "data",
     "engines",
     "export",
+    "facts",
     "handlers",
     "inference",
     "losses",

@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from ideal_components.facts import PAPER_RESULTS
 from ideal_components.metrics import METRIC_NAMES, aggregate
 from ideal_components.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "METRIC_LABELS",
-    "PAPER_RESULTS",
     "ReportResult",
     "load_run",
     "markdown_report",
@@ -66,24 +66,6 @@ METRIC_LABELS: dict[str, tuple[str, bool]] = {
     "hd": ("HD", False),
     "asd": ("ASD", False),
     "assd": ("ASSD", False),
-}
-
-#: IDEAL's published test results (ICASSP 2023, Table 1): dataset -> label fraction (%) -> {dsc, hd, asd}. The paper's
-#: "HD" (about 2 on ACDC) is only plausible as HD95 in voxels (medpy without voxel spacing), so it is shown in the
-#: HD95 row with a footnote; compare it with an evaluation in voxel units (``VolumeMetricsWriter(voxel_units=True)``).
-PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
-    "acdc": {
-        "1.25": {"dice": 0.738, "hd": 2.409, "asd": 0.677},
-        "2.5": {"dice": 0.846, "hd": 2.209, "asd": 0.614},
-        "10": {"dice": 0.879, "hd": 2.094, "asd": 0.556},
-        "100": {"dice": 0.882, "hd": 1.999, "asd": 0.489},
-    },
-    "mmwhs": {
-        "10": {"dice": 0.626, "hd": 5.001, "asd": 2.397},
-        "20": {"dice": 0.791, "hd": 3.499, "asd": 1.798},
-        "40": {"dice": 0.815, "hd": 2.221, "asd": 1.355},
-        "100": {"dice": 0.826, "hd": 2.183, "asd": 1.317},
-    },
 }
 
 CSV_NAME = "metrics_per_volume.csv"

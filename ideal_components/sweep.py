@@ -60,14 +60,14 @@ from typing import Any
 
 import numpy as np
 
+from ideal_components.facts import PAPER_BASELINES, PAPER_RESULTS
 from ideal_components.metrics import METRIC_NAMES
-from ideal_components.report import PAPER_RESULTS, ReportResult, _fmt, _read_json
+from ideal_components.report import ReportResult, _fmt, _read_json
 from ideal_components.sweep_compare import paired_differences, paired_markdown, t_interval
 from ideal_components.utils import atomic_write_text
 
 __all__ = [
     "METHODS",
-    "PAPER_BASELINES",
     "SHARED_KEYS",
     "RESERVED_KEYS",
     "MethodSpec",
@@ -141,14 +141,6 @@ METHODS: dict[str, MethodSpec] = {
         "IDEAL", ("pretrain.json",), ("train.json",), "dense local pre-training, cross-pseudo-label fine-tuning"
     ),
     "cps": MethodSpec("CPS", None, ("train.json",), "cross-pseudo-label fine-tuning, random init (ablation)"),
-}
-
-#: published DSC of the baselines in IDEAL's comparison table (dataset -> fraction -> DSC); "-" entries are absent
-PAPER_BASELINES: dict[str, dict[str, dict[str, dict[str, float]]]] = {
-    "global_cl": {
-        "acdc": {"1.25": {"dice": 0.729}, "10": {"dice": 0.847}},
-        "mmwhs": {"10": {"dice": 0.500}, "20": {"dice": 0.659}, "40": {"dice": 0.785}},
-    }
 }
 
 #: ids that must be the same for pre-training and fine-tuning: taken from ``overrides`` for both phases

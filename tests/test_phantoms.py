@@ -12,15 +12,8 @@ import pytest
 from matplotlib.image import imread
 
 from ideal_components.data import phantoms
-from ideal_components.data.phantoms import (
-    ACDC_DIFFICULTIES,
-    ACDC_GROUPS,
-    MMWHS_LABELS,
-    MMWHS_STRAY_LABELS,
-    render_preview,
-    synth_acdc,
-    synth_mmwhs,
-)
+from ideal_components.data.phantoms import ACDC_DIFFICULTIES, render_preview, synth_acdc, synth_mmwhs
+from ideal_components.facts import ACDC_GROUPS, MMWHS_CODE_NAMES, MMWHS_STRAY_CODES
 
 
 def _cfg(path: str) -> dict[str, str]:
@@ -252,7 +245,7 @@ def test_acdc_hard_is_harder():
 def test_mmwhs_layout_and_labels(mmwhs_root):
     names = sorted(os.listdir(mmwhs_root))
     assert names == [f"mr_train_{i}_{k}.nii.gz" for i in (1001, 1002, 1003) for k in ("image", "label")]
-    allowed = {0, *MMWHS_LABELS, *MMWHS_STRAY_LABELS}
+    allowed = {0, *MMWHS_CODE_NAMES, *MMWHS_STRAY_CODES}
     for vid in (1001, 1002, 1003):
         img = nib.load(os.path.join(mmwhs_root, f"mr_train_{vid}_image.nii.gz"))
         lab = nib.load(os.path.join(mmwhs_root, f"mr_train_{vid}_label.nii.gz"))
@@ -261,8 +254,8 @@ def test_mmwhs_layout_and_labels(mmwhs_root):
         assert all(1.0 <= z <= 2.2 for z in img.header.get_zooms())
         values = _arr(lab.get_filename())
         present = set(np.unique(values).tolist())
-        assert present <= allowed and set(MMWHS_LABELS) <= present
-        stray = np.isin(values, MMWHS_STRAY_LABELS).sum()
+        assert present <= allowed and set(MMWHS_CODE_NAMES) <= present
+        stray = np.isin(values, MMWHS_STRAY_CODES).sum()
         assert 0 < stray < 40
         image = _arr(img.get_filename())
         assert image[values == 0].std() > 0
@@ -273,7 +266,7 @@ def _world_centroids(img: nib.Nifti1Image) -> dict[int, np.ndarray]:
     assert nib.aff2axcodes(canonical.affine) == ("R", "A", "S")
     data = np.asanyarray(canonical.dataobj)
     out = {}
-    for code in MMWHS_LABELS:
+    for code in MMWHS_CODE_NAMES:
         ijk = np.argwhere(data == code).mean(0)
         out[code] = canonical.affine[:3, :3] @ ijk + canonical.affine[:3, 3]
     return out

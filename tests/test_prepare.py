@@ -20,7 +20,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 
 from ideal_components.data.acdc import parse_cine_frames, parse_frames, parse_info_cfg, prepare_acdc, select_cine_frames
 from ideal_components.data.io import DataError, atomic_write_json, check_pair, load_nifti
-from ideal_components.data.mmwhs import MMWHS_CODES, map_mmwhs_labels, prepare_mmwhs
+from ideal_components.data.mmwhs import map_mmwhs_labels, prepare_mmwhs
 from ideal_components.data.preprocessing import (
     OrientSliceAxisLastd,
     preprocessing_transforms,
@@ -28,6 +28,7 @@ from ideal_components.data.preprocessing import (
     to_metatensor,
 )
 from ideal_components.data.splits import Split, seeded_split
+from ideal_components.facts import MMWHS_CODES
 
 SHAPE = (40, 48, 6)
 SIZE = 32  # in-plane output size used by the fixtures' preparations (small: fast)

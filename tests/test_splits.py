@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ideal_components.data.splits import (
-    PUBLISHED,
-    fraction_key,
-    parse_fractions,
-    published_split,
-    seeded_split,
-    split_patients,
-)
+from ideal_components.data.splits import fraction_key, parse_fractions, published_split, seeded_split, split_patients
+from ideal_components.facts import PUBLISHED
 
 ACDC_IDS = [f"patient{i:03d}" for i in range(1, 101)]
 MMWHS_IDS = [f"mr_train_{i}" for i in range(1001, 1021)]

@@ -17,22 +17,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..facts import ACDC_CLASS_NAMES, ACDC_GROUPS, label_names_record
 from .io import DataError
 from .prepare import DatasetLayout, PretrainSpec, VolumeSpec, prepare_dataset
 
-__all__ = [
-    "AcdcLayout",
-    "parse_info_cfg",
-    "parse_frames",
-    "parse_cine_frames",
-    "select_cine_frames",
-    "prepare_acdc",
-    "ACDC_LABELS",
-    "ACDC_GROUPS",
-]
-
-ACDC_LABELS = {"0": "background", "1": "RV cavity", "2": "myocardium", "3": "LV cavity"}
-ACDC_GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
+__all__ = ["AcdcLayout", "parse_info_cfg", "parse_frames", "parse_cine_frames", "select_cine_frames", "prepare_acdc"]
 _PATIENT = re.compile(r"^patient\d{3}$")
 
 
@@ -150,7 +139,7 @@ class AcdcLayout(DatasetLayout):
 
     name = "acdc"
     slice_axis = "last"
-    label_names = ACDC_LABELS
+    label_names = label_names_record(ACDC_CLASS_NAMES)
 
     def __init__(self, frames: Sequence[str] = ("ED",), cine_frames: str | int | None = None) -> None:
         self.frames = parse_frames(frames)

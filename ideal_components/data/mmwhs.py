@@ -15,24 +15,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..facts import MMWHS_CLASS_NAMES, MMWHS_CODES, label_names_record
 from .io import DataError
 from .prepare import DatasetLayout, VolumeSpec, prepare_dataset
 
-__all__ = ["MmwhsLayout", "MMWHS_CODES", "MMWHS_LABELS", "map_mmwhs_labels", "prepare_mmwhs"]
+__all__ = ["MmwhsLayout", "map_mmwhs_labels", "prepare_mmwhs"]
 
 logger = logging.getLogger(__name__)
 
-MMWHS_CODES = {205: 1, 420: 2, 500: 3, 550: 4, 600: 5, 820: 6, 850: 7}
-MMWHS_LABELS = {
-    "0": "background",
-    "1": "LV myocardium",
-    "2": "left atrium",
-    "3": "LV blood cavity",
-    "4": "right atrium",
-    "5": "RV blood cavity",
-    "6": "ascending aorta",
-    "7": "pulmonary artery",
-}
 _IMAGE = re.compile(r"^(mr_train_\d+)_image\.nii(\.gz)?$")
 
 
@@ -63,7 +53,7 @@ class MmwhsLayout(DatasetLayout):
 
     name = "mmwhs"
     slice_axis = "canonical"
-    label_names = MMWHS_LABELS
+    label_names = label_names_record(MMWHS_CLASS_NAMES)
 
     def discover(self, root: Path) -> dict[str, VolumeSpec]:
         found: dict[str, VolumeSpec] = {}

@@ -35,13 +35,10 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
+from ideal_components.facts import ACDC_CLASS_NAMES, ACDC_GROUPS, MMWHS_CODE_NAMES
 from ideal_components.utils import atomic_path, atomic_write_text
 
 __all__ = [
-    "ACDC_GROUPS",
-    "ACDC_LABELS",
-    "MMWHS_LABELS",
-    "MMWHS_STRAY_LABELS",
     "MMWHS_ORIENTATIONS",
     "ACDC_DIFFICULTIES",
     "acdc_patient_group",
@@ -50,18 +47,6 @@ __all__ = [
     "render_preview",
 ]
 
-ACDC_GROUPS: tuple[str, ...] = ("DCM", "HCM", "MINF", "NOR", "RV")
-ACDC_LABELS: dict[int, str] = {0: "background", 1: "RV cavity", 2: "myocardium", 3: "LV cavity"}
-MMWHS_LABELS: dict[int, str] = {
-    205: "LV myocardium",
-    420: "left atrium",
-    500: "LV blood cavity",
-    550: "right atrium",
-    600: "RV blood cavity",
-    820: "ascending aorta",
-    850: "pulmonary artery",
-}
-MMWHS_STRAY_LABELS: tuple[int, ...] = (421, 1, 244)
 # storage orientations of the MMWHS phantoms (nibabel axis codes); volume ``i`` uses entry (i + seed) % 8
 MMWHS_ORIENTATIONS: tuple[str, ...] = ("RAS", "LPS", "ASL", "LAS", "PIR", "RSP", "SRA", "LPI")
 
@@ -1212,9 +1197,9 @@ def render_preview(
                 fontsize=8,
             )
     if dataset == "acdc":
-        handles = [Patch(color=c, label=ACDC_LABELS[k]) for k, c in _ACDC_COLOURS.items()]
+        handles = [Patch(color=c, label=ACDC_CLASS_NAMES[k]) for k, c in _ACDC_COLOURS.items()]
     else:
-        handles = [Patch(color=c, label=f"{k} {MMWHS_LABELS[k]}") for k, c in _MMWHS_COLOURS.items()]
+        handles = [Patch(color=c, label=f"{k} {MMWHS_CODE_NAMES[k]}") for k, c in _MMWHS_COLOURS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     title = f"{dataset.upper()} phantoms" + (f", difficulty {'/'.join(sorted(difficulties))}" if difficulties else "")
     fig.suptitle(title + (f", {crop_mm:g} mm around the heart" if crop_mm is not None else ""), fontsize=10)

@@ -1,15 +1,5 @@
-"""Published patient splits and label fractions (as data), and seeded splits for any other patient set.
-
-The published splits are those of Chaitanya et al. (``experiment_init/data_cfg_acdc.py`` / ``data_cfg_mmwhs.py``
-in ``krishnabits001/domain_specific_cl``), which the IDEAL counts (ACDC 78/2/20, MMWHS 8/2/10) match:
-
-- ACDC test: 007-010, 027-030, 047-050, 067-070, 087-090; validation: 031, 071 (the published pair 011/071 leaks
-  011 into training); training: the remaining 78. Labelled: 1.25 % = 002; 2.5 % = 042, 062; 10 % = 002, 022, 042,
-  062, 095, 003, 023, 043; 100 % = all training.
-- MMWHS test: 1011-1020; validation: 1002, 1005; training: the other 8. Labelled: 10 % = 1003; 20 % = 1001, 1003;
-  40 % = 1001, 1003, 1004, 1006 (no published list: this is our documented choice); 100 % = all 8.
-
-Patient ids are the folder / file stems used by the preparation: ``patient001`` (ACDC), ``mr_train_1001`` (MMWHS).
+"""Patient splits: the published ones (:data:`ideal_components.facts.PUBLISHED`, with their label fractions) where
+the patient set allows, seeded splits in the same proportions for any other patient set.
 """
 
 from __future__ import annotations
@@ -20,68 +10,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = [
-    "Split",
-    "PUBLISHED",
-    "PROPORTIONS",
-    "DEFAULT_FRACTIONS",
-    "fraction_key",
-    "parse_fractions",
-    "published_split",
-    "seeded_split",
-    "split_patients",
-]
+from ..facts import DEFAULT_FRACTIONS, PROPORTIONS, PUBLISHED
 
-
-def _acdc(*numbers: int) -> list[str]:
-    return [f"patient{n:03d}" for n in numbers]
-
-
-def _mmwhs(*numbers: int) -> list[str]:
-    return [f"mr_train_{n}" for n in numbers]
-
-
-_ACDC_TEST = _acdc(*range(7, 11), *range(27, 31), *range(47, 51), *range(67, 71), *range(87, 91))
-_ACDC_VAL = _acdc(31, 71)
-_ACDC_TRAIN = [p for p in _acdc(*range(1, 101)) if p not in _ACDC_TEST and p not in _ACDC_VAL]
-_MMWHS_TEST = _mmwhs(*range(1011, 1021))
-_MMWHS_VAL = _mmwhs(1002, 1005)
-_MMWHS_TRAIN = _mmwhs(1001, 1003, 1004, 1006, 1007, 1008, 1009, 1010)
-
-PUBLISHED: dict[str, dict[str, Any]] = {
-    "acdc": {
-        "test": _ACDC_TEST,
-        "validation": _ACDC_VAL,
-        "training": _ACDC_TRAIN,
-        "labeled": {
-            "1.25": _acdc(2),
-            "2.5": _acdc(42, 62),
-            "10": _acdc(2, 22, 42, 62, 95, 3, 23, 43),
-            "100": list(_ACDC_TRAIN),
-        },
-    },
-    "mmwhs": {
-        "test": _MMWHS_TEST,
-        "validation": _MMWHS_VAL,
-        "training": _MMWHS_TRAIN,
-        "labeled": {
-            "10": _mmwhs(1003),
-            "20": _mmwhs(1001, 1003),
-            "40": _mmwhs(1001, 1003, 1004, 1006),
-            "100": list(_MMWHS_TRAIN),
-        },
-    },
-}
-"""The published splits, keyed by dataset then ``test`` / ``validation`` / ``training`` / ``labeled[fraction]``."""
-
-PROPORTIONS: dict[str, tuple[float, float]] = {"acdc": (0.20, 0.02), "mmwhs": (0.50, 0.10)}
-"""(test, validation) proportions of the published splits (ACDC 20/2/78 of 100, MMWHS 10/2/8 of 20)."""
-
-DEFAULT_FRACTIONS: dict[str, tuple[str, ...]] = {
-    "acdc": tuple(PUBLISHED["acdc"]["labeled"]),
-    "mmwhs": tuple(PUBLISHED["mmwhs"]["labeled"]),
-}
-"""The label fractions (percent of the training patients) of each dataset, as datalist key strings."""
+__all__ = ["Split", "fraction_key", "parse_fractions", "published_split", "seeded_split", "split_patients"]
 
 
 @dataclass
