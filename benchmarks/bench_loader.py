@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from monai.bundle import ConfigParser  # noqa: E402
 
 from ideal_components.data.acdc import prepare_acdc  # noqa: E402
-from ideal_components.data.phantoms import synth_acdc  # noqa: E402
+from ideal_components.synthetic import synth_acdc  # noqa: E402
 from ideal_components.utils import atomic_write_text  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "ideal_acdc" / "configs"

@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="write a Markdown report here")
     args = parser.parse_args()
 
-    from ideal_components.data.phantoms import synth_acdc
+    from ideal_components.synthetic import synth_acdc
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_prepare_"))
     try:

@@ -27,6 +27,7 @@ _SUBMODULES = (
     "raw_metrics",
     "report",
     "sweep",
+    "synthetic",
     "transforms",
 )
 

@@ -14,8 +14,8 @@ __all__ = ["COMMANDS", "main"]
 
 # command name -> "module:function"
 COMMANDS: dict[str, str] = {
-    "synth_acdc": "ideal_components.data.phantoms:synth_acdc",
-    "synth_mmwhs": "ideal_components.data.phantoms:synth_mmwhs",
+    "synth_acdc": "ideal_components.synthetic.acdc:synth_acdc",
+    "synth_mmwhs": "ideal_components.synthetic.mmwhs:synth_mmwhs",
     "prepare_acdc": "ideal_components.data.acdc:prepare_acdc",
     "prepare_mmwhs": "ideal_components.data.mmwhs:prepare_mmwhs",
     "report": "ideal_components.report:report",

@@ -40,7 +40,7 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
     """Tiny prepared phantom sets of both datasets (the bundles' datalists must resolve to real files)."""
     from ideal_components.data.acdc import prepare_acdc
     from ideal_components.data.mmwhs import prepare_mmwhs
-    from ideal_components.data.phantoms import synth_acdc, synth_mmwhs
+    from ideal_components.synthetic import synth_acdc, synth_mmwhs
 
     base = tmp_path_factory.mktemp("prepared")
     synth_acdc(str(base / "raw_acdc"), patients=5, seed=3, progress=False)

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("bundle", ["ideal_acdc", "ideal_mmwhs"])
 def test_export_onnx_matches_pytorch_on_a_real_slice(bundle, tmp_path):
-    from ideal_components.data.phantoms import synth_acdc
+    from ideal_components.synthetic import synth_acdc
 
     synth_acdc(str(tmp_path / "raw"), patients=1, seed=0, progress=False)
     image = tmp_path / "raw" / "training" / "patient001" / "patient001_frame01.nii.gz"

@@ -125,7 +125,7 @@ def test_package_download_and_infer(tmp_path, weights):
     assert (root / "configs" / "inference.json").is_file() and (root / "LICENSE").is_file()
     assert md5sum(root / WEIGHTS_PATH) == md5sum(weights)
 
-    from ideal_components.data.phantoms import synth_acdc
+    from ideal_components.synthetic import synth_acdc
 
     synth_acdc(str(tmp_path / "raw"), patients=1, seed=0, progress=False)
     src = tmp_path / "raw" / "training" / "patient001" / "patient001_frame01.nii.gz"

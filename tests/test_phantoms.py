@@ -1,4 +1,4 @@
-"""Tests of the synthetic ACDC / MMWHS phantoms (ideal_components.data.phantoms)."""
+"""Tests of the synthetic ACDC / MMWHS phantoms (ideal_components.synthetic)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from ideal_components.data import phantoms
-from ideal_components.data.phantoms import ACDC_DIFFICULTIES, render_preview, synth_acdc, synth_mmwhs
 from ideal_components.facts import ACDC_GROUPS, MMWHS_CODE_NAMES, MMWHS_STRAY_CODES
+from ideal_components.synthetic import ACDC_DIFFICULTIES
+from ideal_components.synthetic import acdc as phantoms_acdc
+from ideal_components.synthetic import render_preview, synth_acdc, synth_mmwhs
 
 
 def _cfg(path: str) -> dict[str, str]:
@@ -231,7 +232,7 @@ def test_acdc_hard_is_harder():
     for difficulty in ACDC_DIFFICULTIES:
         rows = []
         for pid in range(1, 11):
-            case = phantoms._acdc_patient(0, pid, False, difficulty)
+            case = phantoms_acdc._acdc_patient(0, pid, False, difficulty)
             img, lab = case["ed"]
             rows.append(_hardness(img, lab) + (_lv_misalignment(lab, case["params"]["px"]),))
         out[difficulty] = np.array(rows).T

@@ -300,7 +300,7 @@ def test_prepare_acdc_round_trip(tmp_path: Path) -> None:
 
 
 def test_prepare_acdc_phantoms(tmp_path: Path) -> None:
-    phantoms = pytest.importorskip("ideal_components.data.phantoms")
+    phantoms = pytest.importorskip("ideal_components.synthetic")
     root = phantoms.synth_acdc(str(tmp_path / "raw"), patients=3, seed=0, progress=False)
     dl = _acdc(Path(root), tmp_path / "out", frames="ED")
     items = dl["training"] + dl["validation"] + dl["test"]
@@ -761,7 +761,7 @@ def test_cine_frames_cli(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cine_frames_phantoms(tmp_path: Path) -> None:
-    phantoms = pytest.importorskip("ideal_components.data.phantoms")
+    phantoms = pytest.importorskip("ideal_components.synthetic")
     root = Path(phantoms.synth_acdc(str(tmp_path / "raw"), patients=3, seed=0, with_4d=True, progress=False))
     out = tmp_path / "out"
     dl = _acdc(root, out, frames="ED,ES", pixdim=4.0, spatial_size=64, cine_frames="all")

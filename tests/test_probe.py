@@ -23,7 +23,7 @@ FAST = dict(backbone="resnet10", steps=30, bn_slices=8, pretext_slices=4, max_tr
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     from ideal_components.data.acdc import prepare_acdc
-    from ideal_components.data.phantoms import synth_acdc
+    from ideal_components.synthetic import synth_acdc
 
     base = tmp_path_factory.mktemp("probe")
     synth_acdc(str(base / "raw"), patients=8, seed=1, progress=False)

@@ -12,10 +12,10 @@ import pytest
 from ideal_components.data.acdc import prepare_acdc
 from ideal_components.data.io import DataError
 from ideal_components.data.mmwhs import prepare_mmwhs
-from ideal_components.data.phantoms import synth_acdc, synth_mmwhs
 from ideal_components.metrics import multiclass_metrics
 from ideal_components.raw_metrics import map_raw_label, prediction_to_raw, raw_resolution_metrics
 from ideal_components.report import report
+from ideal_components.synthetic import synth_acdc, synth_mmwhs
 
 
 @pytest.fixture(scope="module")

@@ -475,7 +475,7 @@ def test_refuses_other_settings(tmp_path, fake_data, fake_python):
 @pytest.mark.slow
 def test_phantom_sweep_interrupted_and_resumed(tmp_path):
     from ideal_components.data.acdc import prepare_acdc
-    from ideal_components.data.phantoms import synth_acdc
+    from ideal_components.synthetic import synth_acdc
 
     synth_acdc(str(tmp_path / "raw"), patients=8, seed=1, progress=False)
     prepared = tmp_path / "prepared"

@@ -1,4 +1,6 @@
-"""Raw dataset readers, preparation, splits, 2D slice datalists, batch samplers and synthetic phantoms.
+"""Raw dataset readers, preparation, splits, 2D slice datalists and batch samplers.
+
+The synthetic phantoms are in :mod:`ideal_components.synthetic`.
 
 Submodules are imported on first attribute access (``ideal_components.data.slices``).
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = ("acdc", "checks", "io", "mmwhs", "phantoms", "prepare", "preprocessing", "sampler", "slices", "splits")
+_SUBMODULES = ("acdc", "checks", "io", "mmwhs", "prepare", "preprocessing", "sampler", "slices", "splits")
 
 
 def __getattr__(name: str) -> Any:
