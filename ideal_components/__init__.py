@@ -17,6 +17,7 @@ _SUBMODULES = (
     "cpu",
     "data",
     "engines",
+    "experiments",
     "export",
     "facts",
     "handlers",
@@ -26,7 +27,6 @@ _SUBMODULES = (
     "networks",
     "raw_metrics",
     "report",
-    "sweep",
     "synthetic",
     "transforms",
 )

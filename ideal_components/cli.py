@@ -19,10 +19,10 @@ COMMANDS: dict[str, str] = {
     "prepare_acdc": "ideal_components.data.acdc:prepare_acdc",
     "prepare_mmwhs": "ideal_components.data.mmwhs:prepare_mmwhs",
     "report": "ideal_components.report:report",
-    "sweep": "ideal_components.sweep:sweep",
+    "sweep": "ideal_components.experiments.sweep:sweep",
     "package_bundle": "ideal_components.package:package_bundle",
     "export_onnx": "ideal_components.export:export_onnx",
-    "probe": "ideal_components.probe:probe",
+    "probe": "ideal_components.experiments.probe:probe",
 }
 
 

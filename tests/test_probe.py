@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from ideal_components.experiments.probe import probe
 from ideal_components.losses import pretext_accuracy
-from ideal_components.probe import probe
 
 REPO = Path(__file__).resolve().parents[1]
 # small and fast: resnet10 at 48x48, few slices and steps
@@ -56,7 +56,7 @@ def test_pretext_accuracy_references():
 
 
 def test_bootstrap_interval():
-    from ideal_components.probe import _bootstrap_ci
+    from ideal_components.experiments.probe import _bootstrap_ci
 
     assert _bootstrap_ci(np.full(5, 0.25), 100, 0) == [0.25, 0.25]
     lo, hi = _bootstrap_ci(np.array([-0.1, 0.1, -0.05, 0.05, -0.02, 0.02]), 2000, 0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ideal_components import sweep as sw
+from ideal_components import experiments as sw
 from ideal_components.metrics import METRIC_NAMES, aggregate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -316,7 +316,7 @@ def test_results_table_from_cell_outputs(tmp_path, fake_data):
 
 def test_paired_differences(tmp_path, fake_data):
     """Pairs by seed, only where both methods are done; Student-t interval; the table lands in results.md."""
-    from ideal_components.sweep_compare import paired_differences, t_interval
+    from ideal_components.experiments.compare import paired_differences, t_interval
 
     out = tmp_path / "out"
     for seed, (ideal, cps) in enumerate([(0.80, 0.75), (0.70, 0.72), (0.90, 0.80)]):

@@ -1,12 +1,12 @@
 """Paired comparisons of sweep methods: does the dense local pre-training help, and with which fine-tuning?
 
-The methods of a sweep (:data:`~ideal_components.sweep.METHODS`) share everything but one factor in pairs: the
-pre-training (none, global, local) or the fine-tuning (supervised, cross pseudo-labels). Cells of the same label
-fraction and seed use the same data, labelled subset and seed, so their test Dice can be compared pair by pair, which
-removes the seed-to-seed spread that both share. :data:`COMPARISONS` lists the pairs that answer the questions of
-issue #10; :func:`paired_differences` computes, for each comparison and label fraction, the mean paired difference
-``A - B`` over the seeds done by both, a Student-t 95 % interval (the honest interval for 3-5 seeds: a bootstrap
-of 3 values is degenerate) and the sign count; :func:`paired_markdown` writes the table.
+The methods of a sweep (:data:`~ideal_components.experiments.plan.METHODS`) share everything but one factor in
+pairs: the pre-training (none, global, local) or the fine-tuning (supervised, cross pseudo-labels). Cells of the
+same label fraction and seed use the same data, labelled subset and seed, so their test Dice can be compared pair by
+pair, which removes the seed-to-seed spread that both share. :data:`COMPARISONS` lists the pairs that answer the
+questions of issue #10; :func:`paired_differences` computes, for each comparison and label fraction, the mean paired
+difference ``A - B`` over the seeds done by both, a Student-t 95 % interval (the honest interval for 3-5 seeds: a
+bootstrap of 3 values is degenerate) and the sign count; :func:`paired_markdown` writes the table.
 
 Example::
 

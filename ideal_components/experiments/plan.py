@@ -1,0 +1,516 @@
+"""Planning a label-fraction sweep: the methods, the command-line values, and the steps with their commands.
+
+:func:`plan_sweep` turns the settings (bundle, fractions, methods, seeds, data, overrides) into a :class:`SweepPlan`:
+one :class:`SweepStep` per pre-training, fine-tuning and evaluation, each a ``python -m monai.bundle run`` command
+with its bundle_root and whether it is already done. Nothing runs here (:mod:`.sweep` runs the plan).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ideal_components.facts import PAPER_RESULTS
+
+__all__ = [
+    "METHODS",
+    "SHARED_KEYS",
+    "RESERVED_KEYS",
+    "MethodSpec",
+    "SweepStep",
+    "SweepPlan",
+    "SweepStepError",
+    "parse_methods",
+    "parse_seeds",
+    "parse_sweep_fractions",
+    "parse_overrides",
+    "plan_sweep",
+    "format_plan",
+]
+
+SWEEP_FILE = "sweep.json"
+RESULTS_MD = "results.md"
+RESULTS_CSV = "results.csv"
+TRAIN_DONE = "train_done.json"
+ENCODER_REL = ("models", "pretrained_encoder.pt")
+SUMMARY_REL = ("eval", "metrics_summary.json")
+MODEL_REL = ("models", "model.pt")
+_SWEEP_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How one method runs: the bundle configs of its pre-training (``None``: none) and of its fine-tuning.
+
+    ``pretrain_owner``: the method whose pre-training this one reuses (the same configs and overrides give the same
+    encoder, so it runs once per seed, under ``<owner>/seed<k>/pretrain``); ``None``: its own.
+    """
+
+    label: str
+    pretrain: tuple[str, ...] | None
+    finetune: tuple[str, ...]
+    description: str = ""
+    pretrain_owner: str | None = None
+
+
+#: the methods a sweep knows, in table order
+METHODS: dict[str, MethodSpec] = {
+    "supervised": MethodSpec(
+        "Supervised", None, ("train.json", "train_supervised.json"), "labelled slices only, random init"
+    ),
+    "global_cl": MethodSpec(
+        "Global CL",
+        ("pretrain.json", "pretrain_global.json"),
+        ("train.json", "train_supervised.json"),
+        "global contrastive pre-training, supervised fine-tuning",
+    ),
+    "global_cps": MethodSpec(
+        "Global CL + CPS",
+        ("pretrain.json", "pretrain_global.json"),
+        ("train.json",),
+        "global contrastive pre-training, cross-pseudo-label fine-tuning (ablation)",
+        pretrain_owner="global_cl",
+    ),
+    "local_cl": MethodSpec(
+        "Local CL",
+        ("pretrain.json",),
+        ("train.json", "train_supervised.json"),
+        "IDEAL's dense local pre-training, supervised fine-tuning (ablation)",
+        pretrain_owner="ideal",
+    ),
+    "ideal": MethodSpec(
+        "IDEAL", ("pretrain.json",), ("train.json",), "dense local pre-training, cross-pseudo-label fine-tuning"
+    ),
+    "cps": MethodSpec("CPS", None, ("train.json",), "cross-pseudo-label fine-tuning, random init (ablation)"),
+}
+
+#: ids that must be the same for pre-training and fine-tuning: taken from ``overrides`` for both phases
+SHARED_KEYS: tuple[str, ...] = ("backbone", "spatial_size", "num_workers")
+#: ids the sweep sets itself
+RESERVED_KEYS: tuple[str, ...] = (
+    "bundle_root",
+    "dataset_dir",
+    "seed",
+    "label_fraction",
+    "use_pretrained",
+    "pretrained_encoder",
+)
+
+
+class SweepStepError(RuntimeError):
+    """A bundle subprocess of the sweep failed; the message names the step, its bundle_root and its log."""
+
+
+@dataclass
+class SweepStep:
+    """One ``python -m monai.bundle run`` of a sweep.
+
+    Attributes:
+        kind: ``"pretrain"``, ``"train"`` or ``"evaluate"``.
+        method, seed: the method and seed; fraction: the label fraction key (``None`` for pre-training).
+        bundle_root: the run's bundle_root; log: its log file; done_file: the file marking it as done.
+        command: the full argument list.
+        clear: paths removed before the step is (re)run.
+        done: whether ``done_file`` existed when the plan was made.
+    """
+
+    kind: str
+    method: str
+    seed: int
+    fraction: str | None
+    bundle_root: str
+    log: str
+    done_file: str
+    command: list[str]
+    clear: list[str] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def key(self) -> str:
+        """``"<method>/seed<k>/pretrain"`` or ``"<method>/f<fraction>/seed<k>/<train|evaluate>"``."""
+        if self.fraction is None:
+            return f"{self.method}/seed{self.seed}/pretrain"
+        return f"{self.method}/f{self.fraction}/seed{self.seed}/{self.kind}"
+
+    @property
+    def cell(self) -> str:
+        """The fine-tuning cell's key (``"<method>/f<fraction>/seed<k>"``), or the pre-training key."""
+        return self.key.rsplit("/", 1)[0] if self.fraction is not None else self.key
+
+    def command_line(self) -> str:
+        """The command as one shell-quoted line."""
+        return shlex.join(self.command)
+
+
+@dataclass
+class SweepPlan:
+    """Everything :func:`sweep` will run, made by :func:`plan_sweep` without side effects."""
+
+    out: str
+    settings: dict[str, Any]
+    dataset: str | None
+    methods: list[str]
+    fractions: list[str]
+    seeds: list[int]
+    steps: list[SweepStep]
+
+    @property
+    def results_md(self) -> str:
+        return os.path.join(self.out, RESULTS_MD)
+
+    @property
+    def results_csv(self) -> str:
+        return os.path.join(self.out, RESULTS_CSV)
+
+    @property
+    def sweep_file(self) -> str:
+        return os.path.join(self.out, SWEEP_FILE)
+
+    def pending(self) -> list[SweepStep]:
+        """The steps that will run (not done, and pre-training only where a cell still needs it)."""
+        return [s for s in self.steps if not s.done]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# argument parsing (python-fire turns "a,b" into a tuple and "0" into an int)
+# ----------------------------------------------------------------------------------------------------------------
+def _items(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [s.strip() for s in value.replace(";", ",").split(",") if s.strip()]
+    if isinstance(value, (list, tuple, set)):
+        out: list[Any] = []
+        for v in value:
+            out += _items(v) if isinstance(v, str) else [v]
+        return out
+    return [value]
+
+
+def parse_methods(methods: Any) -> list[str]:
+    """``"supervised,ideal"``, a tuple or a list -> method names (order kept, duplicates dropped).
+
+    Example:
+        >>> parse_methods(("Supervised", "global-cl", "ideal", "ideal"))
+        ['supervised', 'global_cl', 'ideal']
+    """
+    names: list[str] = []
+    for m in _items(methods):
+        name = str(m).strip().lower().replace("-", "_")
+        if name not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {list(METHODS)}.")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError(f"no method given; choose from {list(METHODS)}.")
+    return names
+
+
+def parse_seeds(seeds: Any) -> list[int]:
+    """``0``, ``"0,1,2"``, ``(0, 1, 2)`` -> ``[0, 1, 2]`` (order kept, duplicates dropped).
+
+    Example:
+        >>> parse_seeds("0, 2,1"), parse_seeds(3), parse_seeds((0, "1"))
+        ([0, 2, 1], [3], [0, 1])
+    """
+    out: list[int] = []
+    for s in _items(seeds):
+        try:
+            f = float(s)
+        except (TypeError, ValueError):
+            raise ValueError(f"seed {s!r} is not an integer.") from None
+        if isinstance(s, bool) or not math.isfinite(f) or f != int(f) or f < 0:
+            raise ValueError(f"seed {s!r} must be a non-negative integer.")
+        if int(f) not in out:
+            out.append(int(f))
+    if not out:
+        raise ValueError("no seed given.")
+    return out
+
+
+def parse_sweep_fractions(fractions: Any, dataset: str | None = None) -> list[str]:
+    """Label fractions as sorted datalist key strings: ``"1.25,10"``, ``(1.25, 10)``, ``10`` or ``None``.
+
+    ``None`` means the dataset's published fractions (``dataset`` is then required).
+
+    Example:
+        >>> parse_sweep_fractions((10, "1.25", 100.0))
+        ['1.25', '10', '100']
+    """
+    from ideal_components.data.splits import parse_fractions
+
+    if fractions is None:
+        if dataset is None:
+            raise ValueError("give the label fractions (the dataset, hence its default fractions, is unknown).")
+        return parse_fractions(None, dataset)
+    items = _items(fractions)
+    if not items:
+        raise ValueError("no label fraction given.")
+    return parse_fractions([str(f).rstrip("%") for f in items], dataset or "acdc")
+
+
+def parse_overrides(overrides: Any, name: str = "overrides") -> dict[str, Any]:
+    """``None``, a dict or a Python-literal string (``"{'backbone': 'resnet18'}"``) -> a JSON-able dict.
+
+    Example:
+        >>> parse_overrides("{'spatial_size': (64, 64), 'max_epochs': 2}")
+        {'spatial_size': [64, 64], 'max_epochs': 2}
+    """
+    if overrides is None or (isinstance(overrides, str) and not overrides.strip()):
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = ast.literal_eval(overrides.strip())
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"{name} must be a dict or a Python dict literal, got {overrides!r} ({e}).") from None
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"{name} must be a dict of bundle ids, got {type(overrides).__name__}: {overrides!r}.")
+    try:
+        return json.loads(json.dumps({str(k): v for k, v in overrides.items()}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must hold plain values (numbers, strings, lists, dicts): {e}.") from None
+
+
+def _cli_literal(value: Any, top: bool = True) -> str:
+    """A value as ``monai.bundle run`` (python-fire) reads it back: strings bare, containers as Python literals."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, str):
+        return value if top else repr(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_cli_literal(v, False) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{_cli_literal(str(k), False)}:{_cli_literal(v, False)}" for k, v in value.items()) + "}"
+    raise ValueError(f"cannot pass {value!r} on the command line.")
+
+
+def _cli_args(values: Mapping[str, Any]) -> list[str]:
+    args: list[str] = []
+    for k, v in values.items():
+        args += [f"--{k}", _cli_literal(v)]
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# planning
+# ----------------------------------------------------------------------------------------------------------------
+def _dataset_name(bundle: Path, datalist: Path) -> str | None:
+    if datalist.is_file():
+        try:
+            name = json.loads(datalist.read_text(encoding="utf-8")).get("preparation", {}).get("dataset")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        if isinstance(name, str) and name.lower() in PAPER_RESULTS:
+            return name.lower()
+    for name in PAPER_RESULTS:
+        if name in bundle.name.lower():
+            return name
+    return None
+
+
+def _literal_config_value(configs: Sequence[Path], key: str, overrides: Mapping[str, Any]) -> Any:
+    """The literal value of a top-level id after merging ``configs`` and ``overrides`` (None for an expression)."""
+    value: Any = None
+    for c in configs:
+        try:
+            data = json.loads(c.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if key in data:
+            value = data[key]
+    value = overrides.get(key, value)
+    return None if isinstance(value, str) else value
+
+
+def _check_validation_runs(configs_dir: Path, overrides: Mapping[str, Any], methods: Sequence[str]) -> None:
+    """Fine-tuning writes ``models/model.pt`` at validation only: refuse a ``max_epochs < val_interval`` plan."""
+    for m in methods:
+        configs = [configs_dir / c for c in METHODS[m].finetune]
+        max_epochs = _literal_config_value(configs, "max_epochs", overrides)
+        val_interval = _literal_config_value(configs, "val_interval", overrides)
+        if isinstance(max_epochs, int) and isinstance(val_interval, int) and val_interval > max_epochs:
+            raise ValueError(
+                f"method {m}: max_epochs={max_epochs} < val_interval={val_interval}, so fine-tuning would never "
+                "validate and write models/model.pt for evaluation; set val_interval <= max_epochs in overrides."
+            )
+
+
+def _bundle_command(
+    python: str, configs_dir: Path, configs: Sequence[str], bundle_root: Path, args: Mapping[str, Any]
+) -> list[str]:
+    files = json.dumps([str(configs_dir / c) for c in configs], separators=(",", ":"))
+    cmd = [str(python), "-m", "monai.bundle", "run", "--config_file", files]
+    cmd += ["--meta_file", str(configs_dir / "metadata.json"), "--logging_file", str(configs_dir / "logging.conf")]
+    cmd += ["--bundle_root", str(bundle_root)]
+    return cmd + _cli_args(args)
+
+
+def plan_sweep(
+    bundle: str,
+    fractions: Any = None,
+    methods: Any = "supervised,global_cl,ideal",
+    seeds: Any = "0",
+    dataset_dir: str | None = None,
+    out: str | None = None,
+    overrides: Any = None,
+    pretrain_overrides: Any = None,
+    python: str = sys.executable,
+    ignore_done: bool = False,
+) -> SweepPlan:
+    """Make the plan of :func:`sweep` (arguments as there) without running or writing anything.
+
+    Args:
+        ignore_done: plan every step as not done (what ``overwrite=True`` runs).
+
+    Returns:
+        a :class:`SweepPlan`; its steps are in run order (seed, then method, then pre-training and the fraction
+        cells, each cell being a ``train`` step then an ``evaluate`` step).
+
+    Raises:
+        FileNotFoundError: the bundle's configs are missing.
+        ValueError: invalid methods / seeds / fractions / overrides, a fraction missing from the datalist, an
+            override of an id the sweep sets, or different shared ids for the two phases.
+
+    Example:
+        >>> plan = plan_sweep("bundles/ideal_acdc", "10,100", "supervised,ideal", "0,1", "data/prepared")
+        ...     # doctest: +SKIP
+        >>> [s.key for s in plan.steps][:3]  # doctest: +SKIP
+        ['supervised/f10/seed0/train', 'supervised/f10/seed0/evaluate', 'supervised/f100/seed0/train']
+    """
+    bundle_dir = Path(bundle).expanduser().resolve()
+    configs_dir = bundle_dir / "configs"
+    method_names = parse_methods(methods)
+    needed = {"metadata.json", "logging.conf", "evaluate.json"}
+    for m in method_names:
+        needed |= set(METHODS[m].finetune) | set(METHODS[m].pretrain or ())
+    missing = sorted(n for n in needed if not (configs_dir / n).is_file())
+    if missing:
+        raise FileNotFoundError(f"{configs_dir}: missing bundle config(s) {missing}.")
+    data_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else bundle_dir / "data" / "prepared"
+    datalist = data_dir / "datalist.json"
+    dataset = _dataset_name(bundle_dir, datalist)
+    fraction_keys = parse_sweep_fractions(fractions, dataset)
+    if datalist.is_file():
+        try:
+            available = json.loads(datalist.read_text(encoding="utf-8")).get("fractions")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{datalist}: cannot read the datalist ({e}).") from None
+        if isinstance(available, list):
+            absent = [f for f in fraction_keys if f not in [str(a) for a in available]]
+            if absent:
+                raise ValueError(f"{datalist}: no label fraction(s) {absent}; it has {available}.")
+    seed_list = parse_seeds(seeds)
+    ft = parse_overrides(overrides, "overrides")
+    pt_own = parse_overrides(pretrain_overrides, "pretrain_overrides")
+    for name, d in (("overrides", ft), ("pretrain_overrides", pt_own)):
+        bad = [k for k in d if k in RESERVED_KEYS]
+        if bad:
+            raise ValueError(f"{name} may not set {bad}: the sweep sets them (use the sweep's own arguments).")
+    for k in SHARED_KEYS:
+        if k in pt_own and (k not in ft or ft[k] != pt_own[k]):
+            raise ValueError(
+                f"pretrain_overrides sets {k}={pt_own[k]!r} but overrides has {ft.get(k, '<bundle default>')!r}: "
+                f"{list(SHARED_KEYS)} must be the same for both phases; set them in overrides only."
+            )
+    pt = {**{k: ft[k] for k in SHARED_KEYS if k in ft}, **pt_own}
+    _check_validation_runs(configs_dir, ft, method_names)
+
+    out_dir = Path(out if out else os.path.join("runs", f"sweep_{dataset or bundle_dir.name}")).expanduser().resolve()
+    settings = {"bundle": str(bundle_dir), "dataset_dir": str(data_dir), "overrides": ft, "pretrain_overrides": pt_own}
+    steps: list[SweepStep] = []
+    for seed in seed_list:
+        pretrain_steps: dict[Path, SweepStep] = {}  # one per pre-training folder, shared by the methods reusing it
+        for m in method_names:
+            spec = METHODS[m]
+            cell_steps: list[SweepStep] = []
+            encoder: Path | None = None
+            if spec.pretrain is not None:
+                root = out_dir / (spec.pretrain_owner or m) / f"seed{seed}" / "pretrain"
+                encoder = root.joinpath(*ENCODER_REL)
+            for f in fraction_keys:
+                cell = out_dir / m / f"f{f}" / f"seed{seed}"
+                args: dict[str, Any] = {"dataset_dir": str(data_dir), "seed": seed, "label_fraction": f}
+                args["use_pretrained"] = encoder is not None
+                if encoder is not None:
+                    args["pretrained_encoder"] = str(encoder)
+                args.update(ft)
+                summary = cell.joinpath(*SUMMARY_REL)
+                eval_done = summary.is_file() and not ignore_done
+                train = SweepStep(
+                    "train",
+                    m,
+                    seed,
+                    f,
+                    str(cell),
+                    str(cell / "train.log"),
+                    str(cell / TRAIN_DONE),
+                    _bundle_command(python, configs_dir, spec.finetune, cell, {**args, "resume": not ignore_done}),
+                    clear=[str(cell / TRAIN_DONE), str(cell / "eval")]
+                    + ([str(cell / "models"), str(cell / "logs")] if ignore_done else []),
+                    done=eval_done or ((cell / TRAIN_DONE).is_file() and not ignore_done),
+                )
+                evaluate = SweepStep(
+                    "evaluate",
+                    m,
+                    seed,
+                    f,
+                    str(cell),
+                    str(cell / "eval.log"),
+                    str(summary),
+                    _bundle_command(python, configs_dir, (*spec.finetune, "evaluate.json"), cell, args),
+                    clear=[str(cell / "eval")],
+                    done=eval_done,
+                )
+                cell_steps += [train, evaluate]
+            if encoder is not None:
+                root = encoder.parent.parent
+                args = {"dataset_dir": str(data_dir), "seed": seed, **pt}
+                cells_done = all(s.done for s in cell_steps)
+                shared = pretrain_steps.get(root)
+                if shared is None:
+                    pretrain_steps[root] = SweepStep(
+                        "pretrain",
+                        spec.pretrain_owner or m,
+                        seed,
+                        None,
+                        str(root),
+                        str(root / "pretrain.log"),
+                        str(encoder),
+                        _bundle_command(
+                            python, configs_dir, spec.pretrain or (), root, {**args, "resume": not ignore_done}
+                        ),
+                        clear=[str(root / "models"), str(root / "logs")] if ignore_done else [],
+                        done=cells_done or (encoder.is_file() and not ignore_done),
+                    )
+                    steps.append(pretrain_steps[root])
+                elif not cells_done:  # another method still needs the shared encoder
+                    shared.done = encoder.is_file() and not ignore_done
+            steps += cell_steps
+    return SweepPlan(str(out_dir), settings, dataset, method_names, fraction_keys, seed_list, steps)
+
+
+def format_plan(plan: SweepPlan) -> str:
+    """The plan as text: settings, then one block per step with its state, log and command line."""
+    lines = [f"sweep into {plan.out}", f"  bundle:      {plan.settings['bundle']}"]
+    lines += [f"  dataset_dir: {plan.settings['dataset_dir']} ({plan.dataset or 'unknown dataset'})"]
+    lines += [f"  methods: {', '.join(plan.methods)}; fractions: {', '.join(plan.fractions)}; seeds: {plan.seeds}"]
+    lines += [
+        f"  overrides: {plan.settings['overrides']}",
+        f"  pretrain_overrides: {plan.settings['pretrain_overrides']}",
+    ]
+    pending = plan.pending()
+    lines += [f"  {len(pending)} of {len(plan.steps)} steps to run", ""]
+    for i, s in enumerate(plan.steps, 1):
+        state = "done, skip" if s.done else "run"
+        lines += [f"[{i}/{len(plan.steps)}] {s.key} ({state}); log {s.log}", "    " + s.command_line()]
+    return "\n".join(lines)

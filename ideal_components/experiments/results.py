@@ -1,0 +1,231 @@
+"""The results of a sweep: the cells' test metrics collected, the Markdown and CSV tables (mean ± std, a Student-t
+95 % interval per cell, the paper's numbers where published) and the paired differences of :mod:`.compare`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ideal_components.facts import PAPER_BASELINES, PAPER_RESULTS
+from ideal_components.metrics import METRIC_NAMES
+from ideal_components.report import _fmt, _read_json
+from ideal_components.utils import atomic_write_text
+
+from .compare import paired_differences, paired_markdown, t_interval
+from .plan import METHODS, SUMMARY_REL, SweepPlan
+
+__all__ = ["collect_results", "results_markdown", "results_csv", "write_results"]
+
+#: metrics shown in the Markdown table: key -> (label, has a unit)
+_TABLE_METRICS: dict[str, tuple[str, bool]] = {"dice": ("DSC ↑", False), "hd95": ("HD95", True), "asd": ("ASD", True)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------------------------------
+def _paper_values(method: str, dataset: str | None, fraction: str) -> dict[str, float]:
+    if dataset is None:
+        return {}
+    if method == "ideal":
+        return dict(PAPER_RESULTS.get(dataset, {}).get(fraction, {}))
+    return dict(PAPER_BASELINES.get(method, {}).get(dataset, {}).get(fraction, {}))
+
+
+def _cell_metrics(summary_file: Path) -> dict[str, Any]:
+    summary = _read_json(summary_file)
+    metrics = summary.get("metrics")
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{summary_file}: corrupt metrics summary, no 'metrics' object.")
+    values: dict[str, Any] = {}
+    for m in METRIC_NAMES:
+        entry = metrics.get(m)
+        if isinstance(entry, dict) and isinstance(entry.get("mean"), (int, float)):
+            values[m] = float(entry["mean"])
+        elif m in _TABLE_METRICS:
+            raise ValueError(f"{summary_file}: corrupt metrics summary, no mean {m!r}.")
+    values["units"] = str(summary.get("units", "mm"))
+    values["hd95_convention"] = str(summary.get("hd95_convention", "unknown"))
+    values["num_volumes"] = summary.get("num_volumes")
+    return values
+
+
+def collect_results(
+    out: str,
+    methods: Sequence[str] | None = None,
+    fractions: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    dataset: str | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (method, fraction) from the cells' ``eval/metrics_summary.json`` under ``out``.
+
+    Each seed contributes its cell's mean over the test volumes; the row holds the mean and (population, ``ddof=0``)
+    std over the seeds done. The rows are the planned (method, fraction) pairs (``methods`` x ``fractions``, shown
+    even before any seed is done) plus every other cell found under ``out``.
+
+    Args:
+        out: the sweep's folder.
+        methods, fractions, seeds: the planned ones (for the row order and the "seeds done / planned" count).
+        dataset: ``"acdc"`` / ``"mmwhs"`` for the paper's reference numbers (``None``: none).
+
+    Returns:
+        dicts ``{"method", "label", "fraction", "seeds_done" (list), "seeds_planned" (int), "<metric>_mean",
+        "<metric>_std", "units", "hd95_convention", "paper_dice", "paper_hd", "paper_asd", "cells"}``.
+
+    Example:
+        >>> rows = collect_results("runs/sweep_acdc", ["ideal"], ["10"], [0, 1], "acdc")  # doctest: +SKIP
+        >>> rows[0]["dice_mean"], rows[0]["paper_dice"]  # doctest: +SKIP
+        (0.81, 0.879)
+    """
+    root = Path(out)
+    planned = [(m, f) for m in (methods or []) for f in (fractions or [])]
+    found: dict[tuple[str, str], dict[int, Path]] = {}
+    for m in METHODS:
+        for fdir in sorted(root.joinpath(m).glob("f*")) if root.joinpath(m).is_dir() else []:
+            for sdir in sorted(fdir.glob("seed*")):
+                summary = sdir.joinpath(*SUMMARY_REL)
+                if summary.is_file() and sdir.name[4:].isdigit():
+                    found.setdefault((m, fdir.name[1:]), {})[int(sdir.name[4:])] = summary
+    extra = sorted((k for k in found if k not in planned), key=lambda k: (list(METHODS).index(k[0]), float(_num(k[1]))))
+    rows = []
+    for m, f in planned + extra:
+        cells = found.get((m, f), {})
+        use = sorted(cells) if seeds is None or (m, f) not in planned else [s for s in sorted(cells) if s in seeds]
+        per_seed = [_cell_metrics(cells[s]) for s in use]
+        row: dict[str, Any] = {
+            "method": m,
+            "label": METHODS[m].label,
+            "fraction": f,
+            "seeds_done": use,
+            "seeds_planned": len(seeds) if seeds is not None and (m, f) in planned else len(use),
+            "cells": [str(cells[s].parent.parent) for s in use],
+        }
+        for metric in METRIC_NAMES:
+            vals = [v[metric] for v in per_seed if metric in v]
+            row[f"{metric}_mean"] = float(np.mean(vals)) if vals else float("nan")
+            row[f"{metric}_std"] = float(np.std(vals)) if vals else float("nan")
+            row[f"{metric}_values"] = vals
+        units = sorted({v["units"] for v in per_seed})
+        row["units"] = units[0] if len(units) == 1 else ("mixed: " + "/".join(units) if units else "")
+        conv = sorted({v["hd95_convention"] for v in per_seed})
+        row["hd95_convention"] = "/".join(conv)
+        paper = _paper_values(m, dataset, f)
+        for k in ("dice", "hd", "asd"):
+            row[f"paper_{k}"] = paper.get(k)
+        rows.append(row)
+    return rows
+
+
+def _num(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
+
+
+def _unit_label(rows: Sequence[Mapping[str, Any]]) -> str:
+    units = sorted({str(r["units"]) for r in rows if r.get("units")})
+    if not units:
+        return "mm"
+    if len(units) == 1:
+        return "voxels" if units[0].startswith("vox") else units[0]
+    return "mixed units"
+
+
+def results_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> str:
+    """The Markdown table of :func:`collect_results` rows (mean ± std over seeds, paper reference columns).
+
+    Example:
+        >>> row = {"label": "IDEAL", "fraction": "10", "seeds_done": [0, 1], "seeds_planned": 2, "units": "mm",
+        ...        "hd95_convention": "medpy", "paper_dice": 0.879, "paper_hd": 2.094, "paper_asd": 0.556,
+        ...        **{f"{m}_{s}": 0.5 for m in METRIC_NAMES for s in ("mean", "std")}}
+        >>> "| IDEAL | 10% | 2/2 | 0.500 ± 0.500 |" in results_markdown([row])
+        True
+    """
+    unit = _unit_label(rows)
+    head = ["Method", "Labels", "Seeds"]
+    head += [lab if not has_unit else f"{lab} ({unit}) ↓" for lab, has_unit in _TABLE_METRICS.values()]
+    head.insert(4, "DSC 95 % CI")
+    head += ["Paper DSC", "Paper HD [a]", "Paper ASD [a]"]
+    lines = [f"# {title or 'Label-fraction sweep'}", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        n = len(r["seeds_done"])
+        cells = [str(r["label"]), f"{r['fraction']}%", f"{n}/{r['seeds_planned']}"]
+        for m in _TABLE_METRICS:
+            cells.append(_fmt(r[f"{m}_mean"], r[f"{m}_std"]) if n else "n/a")
+            if n and not str(r.get("units", "mm")).startswith(("mm", "vox")) and r.get("units"):
+                cells[-1] += f" ({r['units']})"
+        lo, hi = t_interval(r.get("dice_values", []))
+        cells.insert(4, f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else "n/a")
+        for k in ("dice", "hd", "asd"):
+            v = r.get(f"paper_{k}")
+            cells.append(_fmt(v) if isinstance(v, (int, float)) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    conventions = sorted({str(r["hd95_convention"]) for r in rows if r.get("hd95_convention")})
+    lines += [
+        "",
+        "Mean ± std (population, ddof=0) over the seeds done; each seed's value is that cell's mean over the test "
+        "volumes (each volume: mean over its foreground classes). DSC 95 % CI: Student's t interval of the mean over "
+        "the seeds (n/a below 2 seeds). "
+        f"HD95 and ASD in {unit} (HD95 convention: {', '.join(conventions) or 'n/a'}). "
+        "A structure missing from the prediction or the reference counts with Dice 0 and the volume diagonal as "
+        "distance.",
+        "",
+        "Paper columns: IDEAL (ICASSP 2023, Table 1) on the IDEAL rows; the Global CL DSC of its comparison table "
+        'where published; – where none. [a] The paper\'s "HD" (about 2 on ACDC) is probably HD95 in voxels '
+        "(medpy without voxel spacing), and its ASD likewise: compare with an evaluation in voxel units "
+        "(`--overrides \"{'voxel_units': True}\"`), not with the mm columns.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text of :func:`collect_results` rows (one per (method, fraction)).
+
+    Example:
+        >>> results_csv([]).splitlines()[0].split(",")[:5]
+        ['method', 'label', 'fraction', 'seeds_done', 'seeds_planned']
+    """
+    columns = ["method", "label", "fraction", "seeds_done", "seeds_planned"]
+    columns += [f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")]
+    columns += ["units", "hd95_convention", "paper_dice", "paper_hd", "paper_asd", "seeds", "cells"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        row = dict(r)
+        row["seeds"] = " ".join(str(s) for s in r["seeds_done"])
+        row["seeds_done"] = len(r["seeds_done"])
+        row["cells"] = " ".join(r["cells"])
+        for m in METRIC_NAMES:
+            for s in ("mean", "std"):
+                v = r[f"{m}_{s}"]
+                row[f"{m}_{s}"] = f"{v:.6g}" if math.isfinite(v) else ""
+        for k in ("dice", "hd", "asd"):
+            row[f"paper_{k}"] = "" if r.get(f"paper_{k}") is None else r[f"paper_{k}"]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def write_results(plan: SweepPlan, title: str | None = None) -> tuple[str, str]:
+    """Collect the results of ``plan.out`` and write ``results.md`` and ``results.csv`` (atomically).
+
+    Returns:
+        ``(markdown text, path of results.md)``.
+    """
+    rows = collect_results(plan.out, plan.methods, plan.fractions, plan.seeds, plan.dataset)
+    dataset = (plan.dataset or Path(plan.settings["bundle"]).name).upper()
+    md = results_markdown(rows, title=title or f"{dataset} label-fraction sweep")
+    paired = paired_differences(plan.out, plan.fractions, plan.seeds)
+    if paired:
+        md += "\n## Paired differences (test DSC)\n\n" + paired_markdown(paired)
+    atomic_write_text(plan.results_md, md)
+    atomic_write_text(plan.results_csv, results_csv(rows))
+    return md, plan.results_md

@@ -1,0 +1,285 @@
+"""Label-fraction sweeps: IDEAL and its baselines over label fractions and seeds, run as MONAI bundle subprocesses.
+
+A sweep runs, for every seed ``k``, method ``m`` and label fraction ``f``, the bundle's own configs with
+``python -m monai.bundle run`` (no training code here) and tabulates the test metrics:
+
+- ``supervised``: no pre-training; fine-tuning ``train.json`` + ``train_supervised.json`` from scratch;
+- ``global_cl``: pre-training ``pretrain.json`` + ``pretrain_global.json`` (global contrastive, the Chaitanya-style
+  baseline), then ``train.json`` + ``train_supervised.json`` from that encoder;
+- ``local_cl`` (ablation): IDEAL's pre-training (``pretrain.json``, the dense local loss; the same encoder as
+  ``ideal``'s, run once), then supervised fine-tuning: the clean isolation of the local pre-training;
+- ``ideal``: pre-training ``pretrain.json``, then ``train.json`` (cross pseudo-labels);
+- ``cps`` (ablation): no pre-training; ``train.json`` from scratch;
+- ``global_cps`` (ablation): ``global_cl``'s pre-training (run once), then ``train.json`` (cross pseudo-labels).
+
+Pre-training does not depend on the label fraction: it runs once per (pre-training, seed) and every fraction's cell
+of the methods that use it starts from its encoder.
+
+Layout of ``out``::
+
+    sweep.json                                settings, command lines and state of every step (atomic)
+    results.md, results.csv                   one row per (method, fraction), mean ± std over the seeds
+    <method>/seed<k>/pretrain/                pre-training bundle_root: models/pretrained_encoder.pt, pretrain.log
+    <method>/f<fraction>/seed<k>/             fine-tuning bundle_root: models/model.pt, train.log, eval.log,
+                                              eval/metrics_summary.json, eval/metrics_per_volume.csv, ...
+
+Resuming: a step is done when its output exists (``models/pretrained_encoder.pt`` for pre-training,
+``train_done.json`` for fine-tuning, ``eval/metrics_summary.json`` for evaluation; all written atomically when the
+step ends). A rerun skips the done steps; an unfinished pre-training or fine-tuning step continues from its last
+epoch checkpoint (the bundles' ``--resume True``, which ends with the same weights as an uninterrupted run), an
+unfinished evaluation is rerun from the start; ``overwrite=True`` removes every output and starts afresh.
+Pre-training is skipped when every cell that needs it is done. ``sweep.json`` records the settings
+(bundle, dataset, overrides); a rerun with other settings is refused unless ``overwrite=True``.
+
+Command line::
+
+    python -m ideal_components sweep --bundle bundles/ideal_acdc --fractions 1.25,2.5,10,100 \\
+        --methods supervised,global_cl,ideal --seeds 0,1,2 --dataset_dir PREPARED --out runs/sweep_acdc \\
+        --overrides "{'backbone': 'resnet18', 'max_epochs': 20}" --pretrain_overrides "{'max_epochs': 10}"
+    python -m ideal_components sweep --bundle bundles/ideal_acdc --dataset_dir PREPARED --dry_run True
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ideal_components.report import ReportResult
+from ideal_components.utils import atomic_write_text
+
+from .plan import (
+    _SWEEP_VERSION,
+    METHODS,
+    MODEL_REL,
+    RESULTS_CSV,
+    RESULTS_MD,
+    SWEEP_FILE,
+    SweepStep,
+    SweepStepError,
+    format_plan,
+    plan_sweep,
+)
+from .results import write_results
+
+__all__ = ["sweep"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running
+# ----------------------------------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _load_record(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: corrupt sweep record ({e}); use another out or overwrite=True.") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise ValueError(f"{path}: not a sweep record (no 'settings'); use another out or overwrite=True.")
+    return record
+
+
+def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _step_record(step: SweepStep, status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": step.kind,
+        "method": step.method,
+        "seed": step.seed,
+        "fraction": step.fraction,
+        "bundle_root": step.bundle_root,
+        "log": step.log,
+        "command": step.command,
+        "command_line": step.command_line(),
+        "status": status,
+        **extra,
+    }
+
+
+def _tail(path: str, lines: int = 40) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "<no log>"
+
+
+def _clear(paths: Sequence[str]) -> None:
+    for p in paths:
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.remove(p)
+
+
+def _run_step(step: SweepStep) -> float:
+    """Run one step's subprocess with its output in ``step.log``; returns the seconds it took."""
+    _clear(step.clear)
+    os.makedirs(step.bundle_root, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    start = time.monotonic()
+    with open(step.log, "w", encoding="utf-8") as log:
+        log.write(f"# {_now()} sweep step {step.key}\n# {step.command_line()}\n")
+        log.flush()
+        proc = subprocess.run(
+            step.command, stdout=log, stderr=subprocess.STDOUT, cwd=step.bundle_root, env=env, check=False
+        )
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SweepStepError(
+            f"sweep step {step.key} failed (exit code {proc.returncode}) in cell {step.bundle_root}; "
+            f"log {step.log}, last lines:\n{_tail(step.log)}"
+        )
+    if step.kind == "pretrain" and not os.path.isfile(step.done_file):
+        raise SweepStepError(f"sweep step {step.key} ended without writing {step.done_file}; log {step.log}.")
+    if step.kind == "train":
+        model = os.path.join(step.bundle_root, *MODEL_REL)
+        if not os.path.isfile(model):
+            raise SweepStepError(
+                f"sweep step {step.key} wrote no {model} (it is saved at validation: is val_interval > max_epochs?); "
+                f"log {step.log}, last lines:\n{_tail(step.log, 20)}"
+            )
+        if "pretrained_encoder" in " ".join(step.command):
+            if "loaded pretrained encoder weights" not in _tail(step.log, 10**6):
+                print(f"warning: {step.log} does not report 'loaded pretrained encoder weights'.", flush=True)
+        atomic_write_text(step.done_file, json.dumps({"finished": _now(), "seconds": round(seconds, 1)}) + "\n")
+    if step.kind == "evaluate" and not os.path.isfile(step.done_file):
+        raise SweepStepError(f"sweep step {step.key} ended without writing {step.done_file}; log {step.log}.")
+    return seconds
+
+
+def sweep(
+    bundle: str,
+    fractions: Any = None,
+    methods: Any = "supervised,global_cl,ideal",
+    seeds: Any = "0",
+    dataset_dir: str | None = None,
+    out: str | None = None,
+    overrides: Any = None,
+    pretrain_overrides: Any = None,
+    dry_run: Any = False,
+    python: str = sys.executable,
+    overwrite: Any = False,
+    max_cells: int | None = None,
+) -> str:
+    """Run a label-fraction sweep of a bundle (methods x fractions x seeds) and write the results table.
+
+    See the module docstring for the methods, the folder layout and resuming. Pre-training runs once per
+    (method, seed) and every fine-tuning cell of that method and seed starts from its encoder
+    (``--pretrained_encoder <out>/<method>/seed<k>/pretrain/models/pretrained_encoder.pt --use_pretrained True``).
+    Every fine-tuning cell runs ``train`` then ``evaluate`` (``[method configs] + evaluate.json``) with
+    ``--label_fraction <f> --seed <k> --dataset_dir <dataset_dir>``. Each step's output goes to its log file; a
+    failed step raises :class:`SweepStepError` naming the cell and the log (with its last lines).
+
+    Args:
+        bundle: the bundle folder (``bundles/ideal_acdc``).
+        fractions: label fractions, ``"1.25,2.5,10,100"``, a tuple or a number; default the dataset's published ones.
+        methods: among ``supervised``, ``global_cl``, ``ideal`` and the ablations ``local_cl``, ``cps``, ``global_cps``.
+        seeds: ``"0,1,2"``, a tuple or an int.
+        dataset_dir: the prepared dataset (with ``datalist.json``); default ``<bundle>/data/prepared``.
+        out: the sweep folder; default ``runs/sweep_<dataset>``.
+        overrides: bundle ids applied to every fine-tuning and evaluation step, a dict or a Python literal string
+            (``"{'backbone': 'resnet18', 'max_epochs': 20}"``); ``backbone``, ``spatial_size`` and ``num_workers``
+            apply to pre-training too.
+        pretrain_overrides: bundle ids applied to pre-training only (e.g. ``"{'max_epochs': 10}"``).
+        dry_run: print the plan (commands, done / to run) and return without running or writing anything.
+        python: the interpreter running ``monai.bundle``.
+        overwrite: start afresh: delete the method folders, ``sweep.json`` and the results in ``out`` (also when
+            they were made with other settings) and rerun every step.
+        max_cells: stop after this many fine-tuning cells were run (staged runs); the table shows what is done.
+
+    Returns:
+        the path of ``results.md`` (also printed, with the table).
+
+    Raises:
+        ValueError: invalid arguments, or ``out`` holds a sweep made with other settings (without ``overwrite``).
+        SweepStepError: a bundle subprocess failed.
+
+    Example:
+        >>> sweep("bundles/ideal_acdc", "10,100", "supervised,ideal", "0,1", dataset_dir="data/prepared",
+        ...       out="runs/sweep", overrides={"backbone": "resnet18", "max_epochs": 20})  # doctest: +SKIP
+        'runs/sweep/results.md'
+    """
+    from ideal_components.data.prepare import parse_bool
+
+    dry_run, overwrite = parse_bool(dry_run, "dry_run"), parse_bool(overwrite, "overwrite")
+    if max_cells is not None and (isinstance(max_cells, bool) or int(max_cells) < 0):
+        raise ValueError(f"max_cells must be a non-negative integer, got {max_cells!r}.")
+    plan = plan_sweep(
+        bundle, fractions, methods, seeds, dataset_dir, out, overrides, pretrain_overrides, python, overwrite
+    )
+    out_dir = Path(plan.out)
+    record = None if overwrite else _load_record(out_dir / SWEEP_FILE)
+    if record is not None:
+        diff = _settings_diff(record["settings"], plan.settings)
+        if diff:
+            raise ValueError(
+                f"{out_dir / SWEEP_FILE} was made with other settings ({'; '.join(diff)}); resume with the same "
+                "bundle, dataset_dir and overrides, use another out, or pass overwrite=True to start afresh."
+            )
+    if dry_run:
+        text = format_plan(plan)
+        if overwrite:
+            text += f"\n(overwrite: the method folders, {SWEEP_FILE} and results in {out_dir} would be deleted)"
+        print(text, flush=True)
+        return plan.results_md
+    if not Path(plan.settings["dataset_dir"], "datalist.json").is_file():
+        raise FileNotFoundError(f"{plan.settings['dataset_dir']}: no datalist.json (prepare the dataset first).")
+
+    if overwrite:
+        _clear([str(out_dir / m) for m in METHODS] + [str(out_dir / n) for n in (SWEEP_FILE, RESULTS_MD, RESULTS_CSV)])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = record or {"sweep_version": _SWEEP_VERSION, "settings": plan.settings, "created": _now(), "steps": {}}
+    record.update(settings=plan.settings, dataset=plan.dataset, python=str(python), updated=_now())
+    record["last_run"] = {"methods": plan.methods, "fractions": plan.fractions, "seeds": plan.seeds}
+    for s in plan.steps:
+        old = record["steps"].get(s.key, {})
+        status = "done" if s.done else "pending"
+        record["steps"][s.key] = _step_record(s, status, **{k: v for k, v in old.items() if k in ("seconds",)})
+
+    def save() -> None:
+        record["updated"] = _now()
+        atomic_write_text(out_dir / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
+
+    save()
+    pending = plan.pending()
+    print(f"sweep {out_dir}: {len(pending)} of {len(plan.steps)} steps to run", flush=True)
+    cells_run = 0
+    for i, step in enumerate(pending, 1):
+        if step.kind == "pretrain" and max_cells is not None and cells_run >= int(max_cells):
+            break
+        if step.kind == "train" and max_cells is not None and cells_run >= int(max_cells):
+            print(f"max_cells={max_cells} reached; stopping (rerun to resume).", flush=True)
+            break
+        print(f"[{i}/{len(pending)}] {step.key} (log {step.log})", flush=True)
+        record["steps"][step.key].update(status="running", started=_now())
+        save()
+        try:
+            seconds = _run_step(step)
+        except BaseException as e:
+            record["steps"][step.key].update(status="failed" if isinstance(e, SweepStepError) else "interrupted")
+            save()
+            raise
+        record["steps"][step.key].update(status="done", finished=_now(), seconds=round(seconds, 1))
+        save()
+        print(f"    done in {seconds:.0f} s", flush=True)
+        if step.kind == "evaluate":
+            cells_run += 1
+            write_results(plan)
+    md, path = write_results(plan)
+    print(str(ReportResult(markdown=md, files=[path, plan.results_csv])), flush=True)
+    return path
