@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writing, content checksums.
+"""Small shared helpers: atomic file writing, content checksums, command-line values.
 
 Every output of the package (prepared volumes, datalists, metrics, reports, phantoms, encoders) is written to a
 temporary file in the destination folder and moved into place with ``os.replace``, so a file is either absent or
@@ -12,9 +12,11 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "md5sum"]
+import numpy as np
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "md5sum", "parse_bool", "parse_pair"]
 
 
 @contextmanager
@@ -82,3 +84,35 @@ def md5sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
             for chunk in iter(lambda: fh.read(chunk_size), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def parse_bool(value: Any, name: str) -> bool:
+    """``True``/``False`` from a bool or the strings python-fire passes (``"false"``, ``"0"``, ``"yes"`` ...)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "y", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "n", "off", ""):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def parse_pair(value: Any, name: str, kind: type = float) -> tuple:
+    """A number, ``"a,b"`` or a pair -> a pair of positive ``kind``."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    if not isinstance(value, (list, tuple)):
+        value = [value]
+    if len(value) == 1:
+        value = [value[0], value[0]]
+    try:
+        pair = tuple(kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a pair of numbers, got {value!r}.") from None
+    if len(pair) != 2 or any(v <= 0 for v in pair):
+        raise ValueError(f"{name} must be one or two positive numbers, got {value!r}.")
+    if kind is int and any(float(v) != float(o) for v, o in zip(pair, value)):
+        raise ValueError(f"{name} must be integers, got {value!r}.")
+    return pair

@@ -31,19 +31,12 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from ..utils import parse_bool, parse_pair
 from .io import AFFINE_RTOL, DataError, affines_close, atomic_write_json, atomic_write_nifti, check_pair, load_nifti
 from .preprocessing import preprocessing_transforms, to_metatensor
 from .splits import Split, parse_fractions, split_patients
 
-__all__ = [
-    "VolumeSpec",
-    "PretrainSpec",
-    "DatasetLayout",
-    "prepare_dataset",
-    "parse_bool",
-    "parse_pair",
-    "DEFAULT_PERCENTILES",
-]
+__all__ = ["VolumeSpec", "PretrainSpec", "DatasetLayout", "prepare_dataset", "DEFAULT_PERCENTILES"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,38 +130,6 @@ class DatasetLayout:
         """The unlabelled pre-training frames of one TRAINING patient, or ``None`` (called only when
         :attr:`pretraining_enabled`; raises ``DataError`` naming the file, e.g. a missing 4D file)."""
         return None
-
-
-def parse_bool(value: Any, name: str) -> bool:
-    """``True``/``False`` from a bool or the strings python-fire passes (``"false"``, ``"0"``, ``"yes"`` ...)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "y", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "n", "off", ""):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
-
-
-def parse_pair(value: Any, name: str, kind: type = float) -> tuple:
-    """A number, ``"a,b"`` or a pair -> a pair of positive ``kind``."""
-    if isinstance(value, str):
-        value = [v for v in value.replace(" ", "").split(",") if v]
-    if not isinstance(value, (list, tuple)):
-        value = [value]
-    if len(value) == 1:
-        value = [value[0], value[0]]
-    try:
-        pair = tuple(kind(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number or a pair of numbers, got {value!r}.") from None
-    if len(pair) != 2 or any(v <= 0 for v in pair):
-        raise ValueError(f"{name} must be one or two positive numbers, got {value!r}.")
-    if kind is int and any(float(v) != float(o) for v, o in zip(pair, value)):
-        raise ValueError(f"{name} must be integers, got {value!r}.")
-    return pair
 
 
 # ---------------------------------------------------------------------------------------------------------------

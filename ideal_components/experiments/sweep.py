@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from ideal_components.report import ReportResult
-from ideal_components.utils import atomic_write_text
+from ideal_components.utils import atomic_write_text, parse_bool
 
 from .plan import (
     _SWEEP_VERSION,
@@ -214,7 +214,6 @@ def sweep(
         ...       out="runs/sweep", overrides={"backbone": "resnet18", "max_epochs": 20})  # doctest: +SKIP
         'runs/sweep/results.md'
     """
-    from ideal_components.data.prepare import parse_bool
 
     dry_run, overwrite = parse_bool(dry_run, "dry_run"), parse_bool(overwrite, "overwrite")
     if max_cells is not None and (isinstance(max_cells, bool) or int(max_cells) < 0):
