@@ -1,4 +1,4 @@
-"""Time ``ideal_components.metrics.binary_metrics`` against medpy computing dc + hd + hd95 + asd + assd.
+"""Time ``ideal_components.evaluation.metrics.binary_metrics`` against medpy computing dc + hd + hd95 + asd + assd.
 
 Both compute the same five numbers (the largest absolute difference is printed); medpy runs one distance transform
 per direction per metric (7 in all), ``binary_metrics`` two, on the joint bounding box of the masks.
@@ -24,7 +24,7 @@ import numpy as np
 from medpy.metric import binary as mb
 from scipy.ndimage import gaussian_filter
 
-from ideal_components.metrics import METRIC_NAMES, binary_metrics
+from ideal_components.evaluation.metrics import METRIC_NAMES, binary_metrics
 
 
 def _blob_field(shape, rng, sigma):

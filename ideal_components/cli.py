@@ -18,7 +18,7 @@ COMMANDS: dict[str, str] = {
     "synth_mmwhs": "ideal_components.synthetic.mmwhs:synth_mmwhs",
     "prepare_acdc": "ideal_components.data.acdc:prepare_acdc",
     "prepare_mmwhs": "ideal_components.data.mmwhs:prepare_mmwhs",
-    "report": "ideal_components.report:report",
+    "report": "ideal_components.reporting.report:report",
     "sweep": "ideal_components.experiments.sweep:sweep",
     "package_bundle": "ideal_components.package:package_bundle",
     "export_onnx": "ideal_components.export:export_onnx",

@@ -1,4 +1,5 @@
-"""Tests of ideal_components.metrics: equality with medpy / MONAI, the empty-mask policy, aggregation, the handler."""
+"""Tests of ideal_components.evaluation (metrics, writer): equality with medpy / MONAI, the empty-mask policy,
+aggregation, the handler."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import torch
 from medpy.metric import binary as mb
 from scipy.ndimage import gaussian_filter
 
-from ideal_components.metrics import (
+from ideal_components.evaluation.metrics import (
     METRIC_NAMES,
-    VolumeMetricsWriter,
     aggregate,
     binary_metrics,
     multiclass_metrics,
     worst_case_distance,
 )
+from ideal_components.evaluation.writer import VolumeMetricsWriter
 
 TOL = 1e-4
 

@@ -1,4 +1,4 @@
-"""Metrics at the raw resolution through the datalist provenance (ideal_components.raw_metrics)."""
+"""Metrics at the raw resolution through the datalist provenance (ideal_components.evaluation.raw_resolution)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from ideal_components.data.acdc import prepare_acdc
 from ideal_components.data.io import DataError
 from ideal_components.data.mmwhs import prepare_mmwhs
-from ideal_components.metrics import multiclass_metrics
-from ideal_components.raw_metrics import map_raw_label, prediction_to_raw, raw_resolution_metrics
-from ideal_components.report import report
+from ideal_components.evaluation.metrics import multiclass_metrics
+from ideal_components.evaluation.raw_resolution import map_raw_label, prediction_to_raw, raw_resolution_metrics
+from ideal_components.reporting.report import report
 from ideal_components.synthetic import synth_acdc, synth_mmwhs
 
 

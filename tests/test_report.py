@@ -1,4 +1,5 @@
-"""Tests of ideal_components.report: tables from real metric files, overlay PNGs, training curves, errors, the CLI."""
+"""Tests of ideal_components.reporting: tables from real metric files, overlay PNGs, training curves, errors, the
+CLI."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from ideal_components.metrics import METRIC_NAMES, VolumeMetricsWriter
-from ideal_components.report import choose_slices, find_predictions, load_run, read_scalars, report
+from ideal_components.evaluation.metrics import METRIC_NAMES
+from ideal_components.evaluation.writer import VolumeMetricsWriter
+from ideal_components.reporting.figures import choose_slices, find_predictions, read_scalars
+from ideal_components.reporting.report import report
+from ideal_components.reporting.tables import load_run
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -263,7 +267,7 @@ def test_ascii_terminal(monkeypatch):
         "metrics": {m: {"mean": 1.0, "std": 0.0} for m in METRIC_NAMES},
         "per_class": {},
     }
-    from ideal_components.report import ReportResult, markdown_report
+    from ideal_components.reporting.tables import ReportResult, markdown_report
 
     result = ReportResult(markdown=markdown_report([run]), files=[])
     assert "| HD95 (voxels) ↓ | 1.000 ± 0.000 |" in str(result)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ideal_components import experiments as sw
-from ideal_components.metrics import METRIC_NAMES, aggregate
+from ideal_components.evaluation.metrics import METRIC_NAMES, aggregate
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "ideal_acdc"

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ideal_components.evaluation.metrics import METRIC_NAMES
 from ideal_components.facts import PAPER_BASELINES, PAPER_RESULTS
-from ideal_components.metrics import METRIC_NAMES
-from ideal_components.report import _fmt, _read_json
+from ideal_components.reporting.tables import _fmt, _read_json
 from ideal_components.utils import atomic_write_text
 
 from .compare import paired_differences, paired_markdown, t_interval

@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ideal_components.report import ReportResult
+from ideal_components.reporting.tables import ReportResult
 from ideal_components.utils import atomic_write_text, parse_bool
 
 from .plan import (

@@ -7,8 +7,8 @@ paths) and its ``preparation`` record (the settings of the chain), re-applies th
 (:func:`ideal_components.data.preprocessing.preprocessing_transforms`) to the raw image to recover the exact
 transforms, inverts them on the one-hot prediction (bilinear per class, then argmax, as ``inference.json`` does),
 maps the raw label with the dataset's label codes and computes the same metrics as
-:class:`ideal_components.metrics.VolumeMetricsWriter` at the raw spacing. Raw files that are no longer where they
-were prepared are reported and skipped; the raw folders are only read.
+:class:`~ideal_components.evaluation.writer.VolumeMetricsWriter` at the raw spacing. Raw files that are no longer
+where they were prepared are reported and skipped; the raw folders are only read.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from monai.transforms import Invertd
 
 from ideal_components.data.io import DataError, load_nifti
 from ideal_components.data.preprocessing import preprocessing_transforms, to_metatensor
-from ideal_components.metrics import VolumeMetricsWriter
+from ideal_components.evaluation.writer import VolumeMetricsWriter
 
 __all__ = ["map_raw_label", "prediction_to_raw", "raw_resolution_metrics"]
 
@@ -124,7 +124,7 @@ def raw_resolution_metrics(
         predictions_dir: where ``<prepared image name>_<postfix>.nii.gz`` are, default ``eval_dir/predictions``.
         postfix: the predictions' file-name postfix.
         class_names: foreground class names, default the datalist's label names.
-        hd95_convention, voxel_units: as for :class:`~ideal_components.metrics.VolumeMetricsWriter`.
+        hd95_convention, voxel_units: as for :class:`~ideal_components.evaluation.writer.VolumeMetricsWriter`.
         csv_name, summary_name: the files written into ``eval_dir``.
 
     Returns:
