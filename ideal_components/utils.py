@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writing, content checksums, command-line values.
+"""Small shared helpers: atomic file writing, content checksums, image file stems, command-line values.
 
 Every output of the package (prepared volumes, datalists, metrics, reports, phantoms, encoders) is written to a
 temporary file in the destination folder and moved into place with ``os.replace``, so a file is either absent or
@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "md5sum", "parse_bool", "parse_pair"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "md5sum", "image_stem", "parse_bool", "parse_pair"]
 
 
 @contextmanager
@@ -116,3 +116,21 @@ def parse_pair(value: Any, name: str, kind: type = float) -> tuple:
     if kind is int and any(float(v) != float(o) for v, o in zip(pair, value)):
         raise ValueError(f"{name} must be integers, got {value!r}.")
     return pair
+
+
+#: image file extensions that :func:`image_stem` removes (longest first where one ends another)
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz", ".gz")
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """The volume id of an image file: its name without folder and image extension (case-insensitive).
+
+    Example:
+        >>> image_stem("data/patient001_frame01.nii.gz"), image_stem("a/b.MHA"), image_stem("c.tif")
+        ('patient001_frame01', 'b', 'c.tif')
+    """
+    name = os.path.basename(str(path))
+    for ext in IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name

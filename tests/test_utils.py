@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ideal_components.utils import atomic_path, atomic_write_text
+from ideal_components.utils import atomic_path, atomic_write_text, image_stem
 
 
 def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):
@@ -29,3 +29,18 @@ def test_atomic_path_keeps_the_suffix_for_format_sniffing_writers(tmp_path):
         nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)), tmp)
     assert target.read_bytes()[:2] == b"\x1f\x8b"  # gzip, as nibabel writes for .nii.gz
     np.testing.assert_array_equal(np.asarray(nib.load(str(target)).dataobj), 1)
+
+
+@pytest.mark.parametrize(
+    "path, stem",
+    [
+        ("prepared/imagesTs/patient007_ED.nii.gz", "patient007_ED"),
+        ("x.nii", "x"),
+        ("a/b.MHA", "b"),
+        ("c.nrrd", "c"),
+        ("scan.v2.nii.gz", "scan.v2"),
+        ("d.tif", "d.tif"),  # not an image extension this package writes or scores: kept
+    ],
+)
+def test_image_stem_is_the_volume_id_every_writer_and_reader_uses(path, stem):
+    assert image_stem(path) == stem

@@ -28,6 +28,7 @@ from monai.transforms import Invertd
 from ideal_components.data.io import DataError, load_nifti
 from ideal_components.data.preprocessing import preprocessing_transforms, to_metatensor
 from ideal_components.evaluation.writer import VolumeMetricsWriter
+from ideal_components.utils import image_stem
 
 __all__ = ["map_raw_label", "prediction_to_raw", "raw_resolution_metrics"]
 
@@ -158,8 +159,7 @@ def raw_resolution_metrics(
     pred_dir = Path(predictions_dir) if predictions_dir is not None else eval_dir / "predictions"
     rows, skipped = [], []
     for item in content.get(split, []):
-        name = os.path.basename(str(item["image"]))
-        stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else os.path.splitext(name)[0]
+        stem = image_stem(item["image"])
         pred_path = pred_dir / f"{stem}_{postfix}.nii.gz"
         provenance = item.get("provenance") or {}
         try:

@@ -27,7 +27,7 @@ from ideal_components.evaluation.metrics import (
     aggregate,
     multiclass_metrics,
 )
-from ideal_components.utils import atomic_write_text
+from ideal_components.utils import atomic_write_text, image_stem
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -36,14 +36,6 @@ else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
 __all__ = ["VolumeMetricsWriter"]
-
-
-def _volume_id(filename: Any) -> str:
-    base = os.path.basename(str(filename))
-    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".npz", ".gz"):
-        if base.lower().endswith(ext):
-            return base[: -len(ext)]
-    return base
 
 
 class VolumeMetricsWriter:
@@ -184,7 +176,7 @@ class VolumeMetricsWriter:
             filename = self._meta(x).get("filename_or_obj", None)
             if filename:
                 break
-        vid = self._unique_id(_volume_id(filename) if filename else f"volume_{len(self._ids)}")
+        vid = self._unique_id(image_stem(filename) if filename else f"volume_{len(self._ids)}")
         rows = multiclass_metrics(
             p,
             r,

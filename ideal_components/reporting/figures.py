@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ideal_components.reporting.tables import _NIFTI_EXTS, PREDICTIONS_DIR, SUMMARY_NAME, _as_list, _strip_ext
-from ideal_components.utils import atomic_write_bytes
+from ideal_components.reporting.tables import PREDICTIONS_DIR, SUMMARY_NAME, _as_list
+from ideal_components.utils import atomic_write_bytes, image_stem
 
 __all__ = ["find_predictions", "choose_slices", "plot_overlay", "read_scalars", "plot_training_curves"]
 
 logger = logging.getLogger(__name__)
+
+_NIFTI_EXTS = (".nii.gz", ".nii")
 
 
 def _save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> None:
@@ -70,7 +72,7 @@ def _datalist_items(datalist: str | os.PathLike) -> tuple[dict[str, dict[str, An
             for k in ("image", "label"):
                 if isinstance(item.get(k), str):
                     resolved[k] = str((path.parent / item[k]) if not os.path.isabs(item[k]) else Path(item[k]))
-            items.setdefault(_strip_ext(os.path.basename(item["image"])), resolved)
+            items.setdefault(image_stem(item["image"]), resolved)
     return items, data
 
 
@@ -88,7 +90,7 @@ def find_predictions(run_dir: str | os.PathLike, postfix: str = "seg") -> dict[s
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.startswith(".") or not p.name.lower().endswith(_NIFTI_EXTS):
             continue  # hidden: a temporary file of an atomic write that a kill left behind
-        stem = _strip_ext(p.name)
+        stem = image_stem(p.name)
         if postfix and stem.endswith("_" + postfix):
             stem = stem[: -len(postfix) - 1]
         found.setdefault(stem, p)
@@ -294,7 +296,7 @@ def _overlays_for_run(run: Mapping[str, Any], out_dir: Path, datalist: Any, slic
             )
         out_id = str(item.get("id") or vid)
         dice = None
-        for key in (out_id, vid, _strip_ext(os.path.basename(str(item.get("label", ""))))):
+        for key in (out_id, vid, image_stem(str(item.get("label", "")))):
             if key in dice_by_volume:
                 dice = dice_by_volume[key]
                 break

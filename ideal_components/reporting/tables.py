@@ -42,7 +42,6 @@ RAW_CSV_NAME = "metrics_per_volume_raw.csv"
 RAW_SUMMARY_NAME = "metrics_summary_raw.json"
 PREDICTIONS_DIR = "predictions"
 _REQUIRED_COLUMNS = ("volume", "class_name", *METRIC_NAMES)
-_NIFTI_EXTS = (".nii.gz", ".nii")
 _ASCII = {"±": "+-", "↑": "(up)", "↓": "(down)", "–": "-", "—": "-", "→": "->"}
 
 
@@ -65,13 +64,6 @@ def _to_ascii(text: str) -> str:
     for k, v in _ASCII.items():
         text = text.replace(k, v)
     return text.encode("ascii", "replace").decode("ascii")
-
-
-def _strip_ext(name: str) -> str:
-    for ext in (*_NIFTI_EXTS, ".nrrd", ".mha", ".mhd", ".npy", ".npz", ".gz"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _as_list(x: Any) -> list[str] | None:

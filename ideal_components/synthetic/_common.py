@@ -14,8 +14,6 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ideal_components.utils import atomic_path
-
 _F32 = np.float32
 _ACDC_STREAM, _MMWHS_STREAM = 1, 2  # the data set's id in every random stream: ACDC and MMWHS never share a draw
 
@@ -105,11 +103,6 @@ def _nifti(
     if zooms is not None:
         img.header.set_zooms(tuple(float(z) for z in zooms))
     return img
-
-
-def _atomic_save(img: nib.Nifti1Image, path: str) -> None:
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
 
 
 def _refuse_existing(paths: Sequence[str]) -> None:

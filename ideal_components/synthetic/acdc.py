@@ -19,13 +19,13 @@ import numpy as np
 from scipy import fft as sp_fft
 from scipy import ndimage
 
+from ideal_components.data.io import atomic_write_nifti
 from ideal_components.facts import ACDC_GROUPS
 from ideal_components.utils import atomic_write_text
 
 from ._common import (
     _ACDC_STREAM,
     _F32,
-    _atomic_save,
     _check_seed,
     _ellipse_d,
     _ellipsoid_d,
@@ -674,10 +674,10 @@ def synth_acdc(
         zooms = (p["px"], p["px"], p["dz"])
         for key in ("ed", "es"):
             image, label = case[key]
-            _atomic_save(_nifti(image, aff, zooms, descrip), paths[key])
-            _atomic_save(_nifti(label, aff, zooms, descrip), paths[f"{key}_gt"])
+            atomic_write_nifti(_nifti(image, aff, zooms, descrip), paths[key])
+            atomic_write_nifti(_nifti(label, aff, zooms, descrip), paths[f"{key}_gt"])
         if with_4d:
-            _atomic_save(_nifti(case["4d"], aff, zooms + (1.0,), descrip), paths["4d"])
+            atomic_write_nifti(_nifti(case["4d"], aff, zooms + (1.0,), descrip), paths["4d"])
         elif os.path.exists(paths["4d"]):  # overwrite=True: a stale cine of the old phantom would not match
             os.remove(paths["4d"])
         cfg = (

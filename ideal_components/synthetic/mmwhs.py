@@ -15,10 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ideal_components.data.io import atomic_write_nifti
+
 from ._common import (
     _F32,
     _MMWHS_STREAM,
-    _atomic_save,
     _check_seed,
     _ellipse_d,
     _ellipsoid_d,
@@ -265,6 +266,6 @@ def synth_mmwhs(
     os.makedirs(out, exist_ok=True)
     for vid in _progress(ids, "synth_mmwhs", progress):
         image, label, aff = _mmwhs_volume(seed, vid)
-        _atomic_save(_nifti(image, aff), paths[vid][0])
-        _atomic_save(_nifti(label, aff), paths[vid][1])
+        atomic_write_nifti(_nifti(image, aff), paths[vid][0])
+        atomic_write_nifti(_nifti(label, aff), paths[vid][1])
     return out
