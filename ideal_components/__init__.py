@@ -15,6 +15,7 @@ _SUBMODULES = (
     "batchnorm",
     "cli",
     "cpu",
+    "distributed",
     "data",
     "engines",
     "evaluation",

@@ -32,6 +32,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
 from ideal_components.batchnorm import batch_norm_groups, convert_group_batch_norm, group_batch_norm_layers
+from ideal_components.distributed import unwrap_network
 from ideal_components.losses import pretext_accuracy
 
 if TYPE_CHECKING:
@@ -56,13 +57,6 @@ __all__ = [
 #: how :class:`CrossPseudoLabelTrainer` gives the labelled and the unlabelled slices their BatchNorm statistics
 BATCH_STATISTICS = ("per_group", "separate_forwards", "joint")
 _BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
-
-
-def unwrap_network(network: torch.nn.Module) -> torch.nn.Module:
-    """The bare module of a ``DistributedDataParallel`` / ``DataParallel`` wrapped network (``.module``)."""
-    while isinstance(getattr(network, "module", None), torch.nn.Module):
-        network = network.module  # type: ignore[assignment]
-    return network
 
 
 def _accepts_kwarg(fn: Callable, name: str) -> bool:

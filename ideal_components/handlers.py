@@ -23,7 +23,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -32,6 +31,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver
 
+from ideal_components.distributed import get_rank, is_main_process
 from ideal_components.utils import atomic_path
 
 __all__ = [
@@ -45,10 +45,6 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 _INTERVAL_NAME = re.compile(r"_checkpoint_(epoch|iteration)=(\d+)\.pt$")
-
-
-def _is_rank_zero() -> bool:
-    return idist.get_rank() == 0  # 0 without torch.distributed
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -65,7 +61,7 @@ class AtomicDiskSaver(BaseSaveHandler):
         os.makedirs(self.dirname, exist_ok=True)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        if not _is_rank_zero():
+        if not is_main_process():
             return
         path = os.path.join(self.dirname, self.filename or filename)
         with atomic_path(path) as tmp:
@@ -75,7 +71,7 @@ class AtomicDiskSaver(BaseSaveHandler):
                 os.fsync(f.fileno())
 
     def remove(self, filename: str) -> None:
-        if not _is_rank_zero():
+        if not is_main_process():
             return
         if self.filename is not None:
             # a fixed name (model.pt): ignite removes the old file before writing the new one; the atomic write
@@ -236,7 +232,7 @@ class CheckpointResumer:
 
     def _remove_stale_temporaries(self) -> None:
         # temporary files of saves interrupted by a kill: ".{name}.XXXX.tmp.pt" (see ideal_components.utils)
-        if not _is_rank_zero():
+        if not is_main_process():
             return
         pattern = os.path.join(glob.escape(self.ckpt_dir), f".{glob.escape(self.file_prefix)}_*.tmp*")
         for tmp in glob.glob(pattern):
@@ -273,7 +269,7 @@ class EpochSeedHandler:
 
     def epoch_seed(self, epoch: int) -> int:
         """The 32-bit seed of ``epoch`` on this rank."""
-        rank = idist.get_rank() if self.rank is None else self.rank
+        rank = get_rank() if self.rank is None else self.rank
         return int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, int(epoch), int(rank)]).generate_state(1)[0])
 
     def __call__(self, engine: Engine) -> None:

@@ -27,6 +27,7 @@ from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE, SegmentationHead, UNetDecoder
 from torch import nn
 
+from ideal_components.distributed import is_main_process, unwrap_network
 from ideal_components.utils import atomic_path
 
 __all__ = [
@@ -512,9 +513,9 @@ def save_encoder(network: nn.Module, path: str) -> str | None:
         net2 = TwoBranchFlexibleUNet(out_channels=4, backbone="resnet10")
         load_pretrained_encoder(net2, "models/pretrained_encoder.pt")
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+    if not is_main_process():
         return None
-    bare = getattr(network, "module", network)
+    bare = unwrap_network(network)
     encoder = getattr(bare, "encoder", None)
     if not isinstance(encoder, nn.Module):
         raise ValueError(f"{type(bare).__name__} has no `encoder` module to save.")
@@ -559,7 +560,7 @@ def load_pretrained_encoder(
         >>> load_pretrained_encoder(net, "models/pretrained_encoder.pt")  # False when the file is absent
         False
     """
-    net = getattr(network, "module", network)
+    net = unwrap_network(network)
     encoder = getattr(net, "encoder", None)
     if not isinstance(encoder, nn.Module):
         raise ValueError(f"{type(net).__name__} has no `encoder` module to load pre-trained weights into.")

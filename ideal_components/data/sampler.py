@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from ideal_components.distributed import get_rank, get_world_size
 
 __all__ = ["LabeledUnlabeledBatchSampler", "SamplerEpochSetter"]
 
@@ -103,9 +104,9 @@ class LabeledUnlabeledBatchSampler(Sampler[list[int]]):
         if not 1 <= labeled_batch_size <= batch_size:
             raise ValueError(f"labeled_batch_size must be in [1, batch_size={batch_size}], got {labeled_batch_size}.")
         if num_replicas is None:
-            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            num_replicas = get_world_size()
         if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            rank = get_rank()
         num_replicas, rank = int(num_replicas), int(rank)
         if num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {num_replicas}.")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from ideal_components.distributed import get_world_size, is_main_process
 from ideal_components.evaluation.metrics import (
     METRIC_NAMES,
     _check_convention,
@@ -207,12 +208,11 @@ class VolumeMetricsWriter:
 
     # -- per epoch ----------------------------------------------------------------------------------------------
     def _gather_rows(self) -> tuple[list[dict[str, Any]], bool]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                gathered: list[Any] = [None] * world
-                torch.distributed.all_gather_object(gathered, self.rows)
-                return [row for part in gathered for row in part], torch.distributed.get_rank() == 0
+        world = get_world_size()
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            torch.distributed.all_gather_object(gathered, self.rows)
+            return [row for part in gathered for row in part], is_main_process()
         return list(self.rows), True
 
     def csv_text(self, rows: Sequence[Mapping[str, Any]]) -> str:
