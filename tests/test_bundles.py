@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +168,41 @@ def test_inference_configs_differ_in_orientation_only():
     for c in (acdc, mmwhs):
         c["preprocessing"]["transforms"].pop(2)
     assert _structure(acdc) == _structure(mmwhs)
+
+
+def _sync_bundles():
+    """``tools/sync_bundles.py``, imported from its file (``tools/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("sync_bundles", REPO / "tools" / "sync_bundles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mmwhs_configs_are_written_from_acdc():
+    """The method is written once: the MM-WHS configs are ACDC's with MM-WHS's values put in, byte for byte."""
+    stale = _sync_bundles().differences()
+    assert not stale, (
+        f"bundles/ideal_mmwhs/configs/{stale} are not what tools/sync_bundles.py writes: change the method in "
+        "bundles/ideal_acdc/configs (MM-WHS's own values in bundles/ideal_mmwhs/dataset_values.json), then run "
+        "`python tools/sync_bundles.py`"
+    )
+
+
+def test_sync_bundles_catches_drift_and_renamed_ids(tmp_path):
+    sync = _sync_bundles()
+    source, target = tmp_path / "acdc", tmp_path / "mmwhs"
+    shutil.copytree(REPO / "bundles" / "ideal_acdc" / "configs", source / "configs")
+    shutil.copytree(REPO / "bundles" / "ideal_mmwhs" / "configs", target / "configs")
+    shutil.copy(REPO / "bundles" / "ideal_mmwhs" / "dataset_values.json", target)
+    assert sync.differences(source, target) == []
+    train = json.loads((source / "configs" / "train.json").read_text())
+    train["learning_rate"] = 1e-4  # a method change made in ACDC only
+    (source / "configs" / "train.json").write_text(sync.config_text(train))
+    assert sync.differences(source, target) == ["train.json"]
+    assert json.loads(sync.render(source, target)["train.json"])["num_classes"] == 8  # MM-WHS's value kept
+    (target / "dataset_values.json").write_text(json.dumps({"train.json": {"no_such_id": 1}}))
+    with pytest.raises(KeyError, match="no_such_id"):
+        sync.render(source, target)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
