@@ -106,6 +106,31 @@ def test_learning_rate_schedule(bundle, prepared):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+def test_label_fraction_is_a_number(bundle, prepared):
+    """``label_fraction`` is a number (the string of the datalist key still works): 10, 10.0 and "10" are one key."""
+    from monai.bundle import ConfigParser
+
+    def lists(fraction) -> tuple[list, list]:
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+        parser.update({"dataset_dir": str(prepared[bundle]), "label_fraction": fraction})
+        return parser.get_parsed_content("train#labeled"), parser.get_parsed_content("train#unlabeled")
+
+    default = json.loads((REPO / "bundles" / bundle / "configs" / "train.json").read_text())["label_fraction"]
+    assert isinstance(default, (int, float))
+    datalist = json.loads((prepared[bundle] / "datalist.json").read_text())
+    for fraction in (100, 100.0, "100"):
+        labeled, unlabeled = lists(fraction)
+        assert [d["id"] for d in labeled] == [d["id"] for d in datalist["labeled_100"]] and unlabeled == []
+    small = min(datalist["fractions"], key=float)
+    labeled, _ = lists(float(small))
+    assert [d["id"] for d in labeled] == [d["id"] for d in datalist[f"labeled_{small}"]]
+    with pytest.raises(RuntimeError) as error:
+        lists("ten")
+    assert "'ten' is not a number" in str(error.value.__cause__)  # MONAI's message names the expression, this the value
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_metadata_offline(bundle):
     meta = REPO / "bundles" / bundle / "configs" / "metadata.json"
     proc = subprocess.run(
