@@ -105,6 +105,24 @@ def test_learning_rate_schedule(bundle, prepared):
     assert rates[-1] == 0.0  # after the last iteration
 
 
+MAX_CONFIG_LINE = 160
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_config_lines_fit(bundle):
+    """Every line of a config is at most 160 characters, so that every expression reads on one line: logic longer
+    than that belongs in a small named function of the package. ``metadata.json`` is exempt: its long lines are the
+    zoo's free-text fields (description, changelog), one JSON string each."""
+    long = [
+        f"{path.name}:{number}: {len(line)} characters"
+        for path in sorted((REPO / "bundles" / bundle / "configs").glob("*.json"))
+        if path.name != "metadata.json"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if len(line) > MAX_CONFIG_LINE
+    ]
+    assert not long, f"{bundle}: config lines over {MAX_CONFIG_LINE} characters: {long}"
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_label_fraction_is_a_number(bundle, prepared):
     """``label_fraction`` is a number (the string of the datalist key still works): 10, 10.0 and "10" are one key."""
