@@ -123,6 +123,28 @@ def test_config_lines_fit(bundle):
     assert not long, f"{bundle}: config lines over {MAX_CONFIG_LINE} characters: {long}"
 
 
+# top-level ids that are wiring, not settings
+INTERNAL_IDS = {"imports", "datalist", "network", "inference_network", "is_main_process", "summary_writer"}
+INTERNAL_IDS |= {"ddp_find_unused_parameters", "initialize", "run", "finalize", "_desc_"}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_readme_shows_every_setting(bundle):
+    """Every setting of the configs (a top-level id holding a value, not a component) is in the table of the bundle
+    README that says how to override it."""
+    readme = (REPO / "bundles" / bundle / "docs" / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
+    missing = []
+    for path in sorted((REPO / "bundles" / bundle / "configs").glob("*.json")):
+        if path.name == "metadata.json":
+            continue
+        for key, value in json.loads(path.read_text()).items():
+            component = isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value))
+            if "#" not in key and key not in INTERNAL_IDS and not component and f"`{key}`" not in table:
+                missing.append(f"{path.name}: {key}")
+    assert not missing, f"{bundle}/docs/README.md: settings missing from the table of overrides: {missing}"
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_label_fraction_is_a_number(bundle, prepared):
     """``label_fraction`` is a number (the string of the datalist key still works): 10, 10.0 and "10" are one key."""
