@@ -171,6 +171,23 @@ def test_label_fraction_is_a_number(bundle, prepared):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+def test_supervised_config_is_built_for_supervised_training(bundle, prepared):
+    """``train_supervised.json``: labelled slices only, no placeholder labels, batches of labelled slices."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(configs(bundle, "train.json", "train_supervised.json"))
+    parser.update({"dataset_dir": str(prepared[bundle]), "num_workers": 0, "batch_size": 4, "label_fraction": 100})
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    assert "ExtractSliced" in names and "EnsureLabeld" not in names
+    datalist = parser.get_parsed_content("train#datalist")
+    assert datalist and all(item["labeled"] == 1 and "label" in item for item in datalist)
+    sampler = parser.get_parsed_content("train#sampler")
+    assert sampler.labeled_only and sampler.labeled_batch_size == sampler.batch_size == 4
+    assert type(parser.get_parsed_content("loss")).__name__ == "DiceCELoss"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_metadata_offline(bundle):
     meta = REPO / "bundles" / bundle / "configs" / "metadata.json"
     proc = subprocess.run(
