@@ -47,7 +47,6 @@ else:
 __all__ = [
     "ContrastivePretrainTrainer",
     "CrossPseudoLabelTrainer",
-    "unwrap_network",
     "default_forward_both",
     "shift_image",
     "overlapping_features",

@@ -20,7 +20,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,10 @@ __all__ = [
     "CheckpointResumer",
     "EpochSeedHandler",
     "NullSummaryWriter",
+    "summary_writer",
+    "rank_handlers",
+    "attach_on_main_process",
+    "validate_last_epoch",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -297,13 +301,78 @@ class NullSummaryWriter:
     Given to MONAI's ``TensorBoardStatsHandler`` on distributed ranks other than 0: a handler built with
     ``summary_writer=None`` would create its own writer, hence an event file per rank, even if never attached.
 
-    Example (bundle config)::
+    Example (bundle config, through :func:`summary_writer`)::
 
-        "summary_writer": "$torch.utils.tensorboard.SummaryWriter(@output_dir) if @is_main_process
-                            else ideal_components.handlers.NullSummaryWriter()"
+        "summary_writer": "$ideal_components.handlers.summary_writer(@output_dir, @is_main_process)"
     """
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
         return lambda *args, **kwargs: None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small named steps of the bundle configs (each was a long one-line expression there)
+
+
+def summary_writer(log_dir: str, main_process: bool) -> Any:
+    """A TensorBoard ``SummaryWriter`` writing to ``log_dir`` on the main process, a :class:`NullSummaryWriter` on
+    the other distributed ranks (one event file per run, not per rank).
+
+    Example (bundle config)::
+
+        "summary_writer": "$ideal_components.handlers.summary_writer(@output_dir, @is_main_process)"
+    """
+    if not main_process:
+        return NullSummaryWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=log_dir)
+
+
+def rank_handlers(main_process: bool, every_rank: Sequence[Any], *main_only: Sequence[Any]) -> list[Any]:
+    """The handlers a trainer attaches on this rank: ``every_rank``, then, on the main process only, each list of
+    ``main_only`` in order (logging: progress bar, stats, TensorBoard).
+
+    Example (bundle config: ``"$ideal_components.handlers.rank_handlers(@is_main_process, @train#handlers,
+    @train#log_handlers)"``):
+
+        >>> rank_handlers(True, ["seed"], ["log"], ["tb"])
+        ['seed', 'log', 'tb']
+        >>> rank_handlers(False, ["seed"], ["log"], ["tb"])
+        ['seed']
+    """
+    handlers = list(every_rank)
+    if main_process:
+        for extra in main_only:
+            handlers += list(extra)
+    return handlers
+
+
+def attach_on_main_process(handler: Any, engine: Engine, main_process: bool) -> None:
+    """``handler.attach(engine)`` on the main process only: under ``torch.distributed`` rank 0 alone writes
+    checkpoints (the other ranks hold the same weights).
+
+    Example (bundle config, ``run``)::
+
+        "$ideal_components.handlers.attach_on_main_process(@train#checkpointer, @train#trainer, @is_main_process)"
+    """
+    if main_process:
+        handler.attach(engine)
+
+
+def validate_last_epoch(evaluator: Engine, trainer: Engine, interval: int) -> None:
+    """Validate once more after training when the last epoch fell between two validations.
+
+    ``ValidationHandler(interval=val_interval)`` validates after every ``val_interval``-th epoch; when ``max_epochs``
+    is not a multiple of it, the last epochs' weights would never be scored, nor kept as ``model.pt`` when they are
+    the best. This runs ``evaluator`` for the trainer's last epoch in that case, and does nothing otherwise.
+
+    Example (bundle config, ``run``, after ``"$@train#trainer.run()"``)::
+
+        "$ideal_components.handlers.validate_last_epoch(@validate#evaluator, @train#trainer, @val_interval)"
+    """
+    epoch = trainer.state.epoch
+    if epoch % interval:
+        evaluator.run(epoch)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +105,88 @@ def test_learning_rate_schedule(bundle, prepared):
     assert rates[-1] == 0.0  # after the last iteration
 
 
+MAX_CONFIG_LINE = 160
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_config_lines_fit(bundle):
+    """Every line of a config is at most 160 characters, so that every expression reads on one line: logic longer
+    than that belongs in a small named function of the package. ``metadata.json`` is exempt: its long lines are the
+    zoo's free-text fields (description, changelog), one JSON string each."""
+    long = [
+        f"{path.name}:{number}: {len(line)} characters"
+        for path in sorted((REPO / "bundles" / bundle / "configs").glob("*.json"))
+        if path.name != "metadata.json"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if len(line) > MAX_CONFIG_LINE
+    ]
+    assert not long, f"{bundle}: config lines over {MAX_CONFIG_LINE} characters: {long}"
+
+
+# top-level ids that are wiring, not settings
+INTERNAL_IDS = {"imports", "datalist", "network", "inference_network", "is_main_process", "summary_writer"}
+INTERNAL_IDS |= {"ddp_find_unused_parameters", "initialize", "run", "finalize", "_desc_"}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_readme_shows_every_setting(bundle):
+    """Every setting of the configs (a top-level id holding a value, not a component) is in the table of the bundle
+    README that says how to override it."""
+    readme = (REPO / "bundles" / bundle / "docs" / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
+    missing = []
+    for path in sorted((REPO / "bundles" / bundle / "configs").glob("*.json")):
+        if path.name == "metadata.json":
+            continue
+        for key, value in json.loads(path.read_text()).items():
+            component = isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value))
+            if "#" not in key and key not in INTERNAL_IDS and not component and f"`{key}`" not in table:
+                missing.append(f"{path.name}: {key}")
+    assert not missing, f"{bundle}/docs/README.md: settings missing from the table of overrides: {missing}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_label_fraction_is_a_number(bundle, prepared):
+    """``label_fraction`` is a number (the string of the datalist key still works): 10, 10.0 and "10" are one key."""
+    from monai.bundle import ConfigParser
+
+    def lists(fraction) -> tuple[list, list]:
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+        parser.update({"dataset_dir": str(prepared[bundle]), "label_fraction": fraction})
+        return parser.get_parsed_content("train#labeled"), parser.get_parsed_content("train#unlabeled")
+
+    default = json.loads((REPO / "bundles" / bundle / "configs" / "train.json").read_text())["label_fraction"]
+    assert isinstance(default, (int, float))
+    datalist = json.loads((prepared[bundle] / "datalist.json").read_text())
+    for fraction in (100, 100.0, "100"):
+        labeled, unlabeled = lists(fraction)
+        assert [d["id"] for d in labeled] == [d["id"] for d in datalist["labeled_100"]] and unlabeled == []
+    small = min(datalist["fractions"], key=float)
+    labeled, _ = lists(float(small))
+    assert [d["id"] for d in labeled] == [d["id"] for d in datalist[f"labeled_{small}"]]
+    with pytest.raises(RuntimeError) as error:
+        lists("ten")
+    assert "'ten' is not a number" in str(error.value.__cause__)  # MONAI's message names the expression, this the value
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_supervised_config_is_built_for_supervised_training(bundle, prepared):
+    """``train_supervised.json``: labelled slices only, no placeholder labels, batches of labelled slices."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(configs(bundle, "train.json", "train_supervised.json"))
+    parser.update({"dataset_dir": str(prepared[bundle]), "num_workers": 0, "batch_size": 4, "label_fraction": 100})
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    assert "ExtractSliced" in names and "EnsureLabeld" not in names
+    datalist = parser.get_parsed_content("train#datalist")
+    assert datalist and all(item["labeled"] == 1 and "label" in item for item in datalist)
+    sampler = parser.get_parsed_content("train#sampler")
+    assert sampler.labeled_only and sampler.labeled_batch_size == sampler.batch_size == 4
+    assert type(parser.get_parsed_content("loss")).__name__ == "DiceCELoss"
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_metadata_offline(bundle):
     meta = REPO / "bundles" / bundle / "configs" / "metadata.json"
@@ -166,6 +250,41 @@ def test_inference_configs_differ_in_orientation_only():
     for c in (acdc, mmwhs):
         c["preprocessing"]["transforms"].pop(2)
     assert _structure(acdc) == _structure(mmwhs)
+
+
+def _sync_bundles():
+    """``tools/sync_bundles.py``, imported from its file (``tools/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("sync_bundles", REPO / "tools" / "sync_bundles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mmwhs_configs_are_written_from_acdc():
+    """The method is written once: the MM-WHS configs are ACDC's with MM-WHS's values put in, byte for byte."""
+    stale = _sync_bundles().differences()
+    assert not stale, (
+        f"bundles/ideal_mmwhs/configs/{stale} are not what tools/sync_bundles.py writes: change the method in "
+        "bundles/ideal_acdc/configs (MM-WHS's own values in bundles/ideal_mmwhs/dataset_values.json), then run "
+        "`python tools/sync_bundles.py`"
+    )
+
+
+def test_sync_bundles_catches_drift_and_renamed_ids(tmp_path):
+    sync = _sync_bundles()
+    source, target = tmp_path / "acdc", tmp_path / "mmwhs"
+    shutil.copytree(REPO / "bundles" / "ideal_acdc" / "configs", source / "configs")
+    shutil.copytree(REPO / "bundles" / "ideal_mmwhs" / "configs", target / "configs")
+    shutil.copy(REPO / "bundles" / "ideal_mmwhs" / "dataset_values.json", target)
+    assert sync.differences(source, target) == []
+    train = json.loads((source / "configs" / "train.json").read_text())
+    train["learning_rate"] = 1e-4  # a method change made in ACDC only
+    (source / "configs" / "train.json").write_text(sync.config_text(train))
+    assert sync.differences(source, target) == ["train.json"]
+    assert json.loads(sync.render(source, target)["train.json"])["num_classes"] == 8  # MM-WHS's value kept
+    (target / "dataset_values.json").write_text(json.dumps({"train.json": {"no_such_id": 1}}))
+    with pytest.raises(KeyError, match="no_such_id"):
+        sync.render(source, target)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

@@ -22,7 +22,11 @@ from ideal_components.handlers import (
     CheckpointResumer,
     EpochSeedHandler,
     NullSummaryWriter,
+    attach_on_main_process,
     find_latest_checkpoint,
+    rank_handlers,
+    summary_writer,
+    validate_last_epoch,
 )
 
 
@@ -208,3 +212,45 @@ def test_null_summary_writer_writes_nothing(tmp_path):
     writer.flush()
     writer.close()
     assert not hasattr(writer, "__array__")
+
+
+def test_rank_handlers_and_summary_writer(tmp_path):
+    assert rank_handlers(True, ["seed", "val"], ["bar", "stats"], ["tb"]) == ["seed", "val", "bar", "stats", "tb"]
+    assert rank_handlers(False, ("seed",), ["bar"]) == ["seed"]
+    assert rank_handlers(True, []) == []
+    assert isinstance(summary_writer(str(tmp_path / "other"), main_process=False), NullSummaryWriter)
+    assert not (tmp_path / "other").exists()
+    writer = summary_writer(str(tmp_path / "main"), main_process=True)
+    writer.add_scalar("x", 1.0, 1)
+    writer.close()
+    assert list((tmp_path / "main").glob("events.out.tfevents.*"))
+
+
+def test_attach_on_main_process():
+    class Recorder:
+        def __init__(self):
+            self.engines = []
+
+        def attach(self, engine):
+            self.engines.append(engine)
+
+    engine, handler = Engine(lambda e, b: None), Recorder()
+    attach_on_main_process(handler, engine, main_process=False)
+    assert handler.engines == []
+    attach_on_main_process(handler, engine, main_process=True)
+    assert handler.engines == [engine]
+
+
+@pytest.mark.parametrize("max_epochs, interval, expected", [(5, 2, [5]), (4, 2, []), (3, 1, []), (1, 5, [1])])
+def test_validate_last_epoch(max_epochs, interval, expected):
+    """The last epoch is validated once more only when ValidationHandler(interval) skipped it."""
+    runs = []
+
+    class Evaluator:
+        def run(self, epoch):
+            runs.append(epoch)
+
+    trainer = Engine(lambda e, b: None)
+    trainer.run([0, 1], max_epochs=max_epochs)
+    validate_last_epoch(Evaluator(), trainer, interval)
+    assert runs == expected

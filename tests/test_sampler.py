@@ -8,7 +8,7 @@ import torch
 from ignite.engine import Engine
 from monai.data import DataLoader, Dataset
 
-from ideal_components.data.sampler import LabeledUnlabeledBatchSampler, SamplerEpochSetter
+from ideal_components.data.sampler import LabeledUnlabeledBatchSampler, SamplerEpochSetter, evaluation_sampler
 
 FLAGS = [1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0]  # 4 labelled, 16 unlabelled
 LAB = {i for i, f in enumerate(FLAGS) if f}
@@ -140,3 +140,25 @@ def test_monai_dataloader_and_epoch_setter():
     assert epochs[1] != epochs[2]
     sampler.set_epoch(2)
     assert [[float(i) for i in b] for b in sampler] == epochs[2]
+
+
+def test_evaluation_sampler(monkeypatch):
+    """No process group: no sampler. Distributed: each rank its own share, no volume twice; padded only when there are
+    fewer volumes than ranks (every rank must evaluate one to take part in the metric's gather)."""
+    import torch.distributed as dist
+
+    assert evaluation_sampler(list(range(6))) is None
+
+    def shares(n: int, world: int) -> list[list[int]]:
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_world_size", lambda group=None: world)
+        out = []
+        for rank in range(world):
+            monkeypatch.setattr(dist, "get_rank", lambda group=None: rank)
+            out.append(list(evaluation_sampler(list(range(n)))))
+        return out
+
+    six = shares(6, 4)
+    assert sorted(i for share in six for i in share) == list(range(6)) and all(six)
+    two = shares(2, 4)
+    assert all(len(share) == 1 for share in two) and {i for share in two for i in share} == {0, 1}

@@ -3,21 +3,22 @@
 :class:`LabeledUnlabeledBatchSampler` yields lists of dataset indices; pass it as ``batch_sampler=`` to
 :class:`monai.data.DataLoader` (or ``torch.utils.data.DataLoader``). :class:`SamplerEpochSetter` calls its
 ``set_epoch`` at every ``EPOCH_STARTED`` of an ignite engine (MONAI's workflows only do that for a
-``DistributedSampler`` set as ``sampler``).
+``DistributedSampler`` set as ``sampler``). :func:`evaluation_sampler` shares the validation volumes out among the
+distributed ranks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ideal_components.distributed import get_rank, get_world_size
+from ideal_components.distributed import get_rank, get_world_size, is_distributed
 
-__all__ = ["LabeledUnlabeledBatchSampler", "SamplerEpochSetter"]
+__all__ = ["LabeledUnlabeledBatchSampler", "SamplerEpochSetter", "evaluation_sampler"]
 
 _UNLABELED_STREAM = 0
 _LABELED_STREAM = 1
@@ -218,3 +219,22 @@ class SamplerEpochSetter:
 
     def __call__(self, engine: Any) -> None:
         self.sampler.set_epoch(engine.state.epoch)
+
+
+def evaluation_sampler(dataset: Sized) -> Sampler | None:
+    """The validation loader's sampler: each distributed rank evaluates its own share of ``dataset``.
+
+    Without an initialised ``torch.distributed`` process group: ``None`` (the loader reads ``dataset`` in order).
+    With one: MONAI's :class:`~monai.data.DistributedSampler` in dataset order, without padding, so that no volume is
+    scored twice; padded (``even_divisible``) only when there are fewer items than ranks, since every rank must then
+    still evaluate one item to take part in gathering the metric.
+
+    Example (bundle config)::
+
+        "sampler": "$ideal_components.data.sampler.evaluation_sampler(@validate#dataset)"
+    """
+    if not is_distributed():
+        return None
+    from monai.data import DistributedSampler
+
+    return DistributedSampler(dataset, shuffle=False, even_divisible=len(dataset) < get_world_size())
