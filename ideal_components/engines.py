@@ -32,6 +32,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 
 from ideal_components.batchnorm import batch_norm_groups, convert_group_batch_norm, group_batch_norm_layers
+from ideal_components.data.sampler import set_loader_epoch
 from ideal_components.distributed import unwrap_network
 from ideal_components.losses import pretext_accuracy
 
@@ -111,15 +112,12 @@ class _TwoStageTrainerBase(SupervisedTrainer):
 
     def _init_common(self, train_data_loader: Any) -> None:
         # MONAI's Workflow only sets the epoch of a DistributedSampler used as `sampler`; do it for batch samplers too
-        batch_sampler = (
-            getattr(train_data_loader, "batch_sampler", None) if isinstance(train_data_loader, DataLoader) else None
-        )
-        if batch_sampler is not None and callable(getattr(batch_sampler, "set_epoch", None)):
+        if isinstance(train_data_loader, DataLoader):
 
-            def _set_batch_sampler_epoch(engine: Engine) -> None:
-                batch_sampler.set_epoch(engine.state.epoch)
+            def _set_loader_epoch(engine: Engine) -> None:
+                set_loader_epoch(train_data_loader, engine.state.epoch)
 
-            self.add_event_handler(Events.EPOCH_STARTED, _set_batch_sampler_epoch)
+            self.add_event_handler(Events.EPOCH_STARTED, _set_loader_epoch)
 
     def run(self) -> None:  # type: ignore[override]
         """Run training; with ``amp`` a ``GradScaler`` is used on CUDA devices only (bfloat16 needs none)."""

@@ -31,6 +31,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver
 
+from ideal_components.data.sampler import set_loader_epoch
 from ideal_components.distributed import get_rank, is_main_process
 from ideal_components.utils import atomic_path
 
@@ -289,9 +290,7 @@ class EpochSeedHandler:
         # the previous epoch's workers and order: start this epoch's now, after the reseed and with this epoch's
         # sampler order (a multi-worker iterator draws its first indices when it is created)
         if dataloader is not None and getattr(engine, "_dataloader_iter", None) is not None:
-            for sampler in (getattr(dataloader, "batch_sampler", None), getattr(dataloader, "sampler", None)):
-                if callable(getattr(sampler, "set_epoch", None)):
-                    sampler.set_epoch(engine.state.epoch)
+            set_loader_epoch(dataloader, engine.state.epoch)
             engine.set_data(dataloader)
 
 

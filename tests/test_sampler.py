@@ -1,14 +1,14 @@
-"""Tests of LabeledUnlabeledBatchSampler and SamplerEpochSetter."""
+"""Tests of LabeledUnlabeledBatchSampler, set_loader_epoch and evaluation_sampler."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.data import DataLoader, Dataset
 
-from ideal_components.data.sampler import LabeledUnlabeledBatchSampler, SamplerEpochSetter, evaluation_sampler
+from ideal_components.data.sampler import LabeledUnlabeledBatchSampler, evaluation_sampler, set_loader_epoch
 
 FLAGS = [1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0]  # 4 labelled, 16 unlabelled
 LAB = {i for i, f in enumerate(FLAGS) if f}
@@ -111,8 +111,6 @@ def test_errors():
         LabeledUnlabeledBatchSampler([1, 0], batch_size=2, labeled_batch_size=1, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="too few"):
         LabeledUnlabeledBatchSampler([1, 0, 0], batch_size=4, labeled_batch_size=1, drop_last=True)
-    with pytest.raises(ValueError, match="set_epoch"):
-        SamplerEpochSetter(object())
 
 
 def test_accepts_tensor_and_bool_flags():
@@ -121,7 +119,7 @@ def test_accepts_tensor_and_bool_flags():
     assert list(a) == list(b)
 
 
-def test_monai_dataloader_and_epoch_setter():
+def test_monai_dataloader_and_set_loader_epoch():
     data = [{"x": torch.tensor([float(i)]), "labeled": f} for i, f in enumerate(FLAGS)]
     sampler = LabeledUnlabeledBatchSampler([d["labeled"] for d in data], batch_size=6, labeled_batch_size=2, seed=1)
     loader = DataLoader(Dataset(data), batch_sampler=sampler, num_workers=0)
@@ -134,7 +132,7 @@ def test_monai_dataloader_and_epoch_setter():
         epochs.setdefault(engine.state.epoch, []).append(batch["x"].reshape(-1).tolist())
 
     engine = Engine(step)
-    SamplerEpochSetter(sampler).attach(engine)
+    engine.add_event_handler(Events.EPOCH_STARTED, lambda e: set_loader_epoch(loader, e.state.epoch))
     engine.run(loader, max_epochs=2)
     assert sampler.epoch == 2
     assert epochs[1] != epochs[2]

@@ -1,8 +1,8 @@
 """A batch sampler that mixes labelled and unlabelled samples in every batch (semi-supervised fine-tuning).
 
 :class:`LabeledUnlabeledBatchSampler` yields lists of dataset indices; pass it as ``batch_sampler=`` to
-:class:`monai.data.DataLoader` (or ``torch.utils.data.DataLoader``). :class:`SamplerEpochSetter` calls its
-``set_epoch`` at every ``EPOCH_STARTED`` of an ignite engine (MONAI's workflows only do that for a
+:class:`monai.data.DataLoader` (or ``torch.utils.data.DataLoader``). :func:`set_loader_epoch` calls its
+``set_epoch`` (the trainers do it at every ``EPOCH_STARTED``: MONAI's workflows only do that for a
 ``DistributedSampler`` set as ``sampler``). :func:`evaluation_sampler` shares the validation volumes out among the
 distributed ranks.
 """
@@ -18,7 +18,7 @@ from torch.utils.data import Sampler
 
 from ideal_components.distributed import get_rank, get_world_size, is_distributed
 
-__all__ = ["LabeledUnlabeledBatchSampler", "SamplerEpochSetter", "evaluation_sampler"]
+__all__ = ["LabeledUnlabeledBatchSampler", "set_loader_epoch", "evaluation_sampler"]
 
 _UNLABELED_STREAM = 0
 _LABELED_STREAM = 1
@@ -62,7 +62,7 @@ class LabeledUnlabeledBatchSampler(Sampler[list[int]]):
       a disjoint shard of the labelled indices for the epoch (padded by wrapping when the labelled count is not a
       multiple of ``num_replicas``), reshuffled locally whenever it runs out.
     - The order depends only on ``(seed, epoch, rank)``: call :meth:`set_epoch` at the start of every epoch (see
-      :class:`SamplerEpochSetter`; :class:`~ideal_components.engines.CrossPseudoLabelTrainer` does it itself).
+      :func:`set_loader_epoch`; the trainers of :mod:`ideal_components.engines` do it themselves).
 
     Args:
         labeled: one 0/1 (or bool) flag per dataset index, e.g. ``"$[d['labeled'] for d in @train#datalist]"``.
@@ -194,31 +194,22 @@ class LabeledUnlabeledBatchSampler(Sampler[list[int]]):
         return self._num_batches
 
 
-class SamplerEpochSetter:
-    """Ignite handler calling ``sampler.set_epoch(engine.state.epoch)`` at every ``EPOCH_STARTED``.
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Call ``set_epoch(epoch)`` on the data loader's batch sampler and sampler, where they have one.
 
-    Args:
-        sampler: anything with ``set_epoch(int)``, e.g. :class:`LabeledUnlabeledBatchSampler`.
+    The one place the package sets a sampler's epoch: the trainers call it at every ``EPOCH_STARTED`` and
+    :class:`~ideal_components.handlers.EpochSeedHandler` before it restarts a loader's iterator. Setting the same
+    epoch twice is harmless (a sampler's order depends only on its seed, epoch and rank).
 
-    Example (bundle JSON, in ``train#handlers``)::
-
-        {"_target_": "ideal_components.data.sampler.SamplerEpochSetter", "sampler": "@train#batch_sampler"}
+    Example:
+        >>> sampler = LabeledUnlabeledBatchSampler([1, 0, 0, 0], batch_size=2, labeled_batch_size=1)
+        >>> set_loader_epoch(torch.utils.data.DataLoader(range(4), batch_sampler=sampler), 3)
+        >>> sampler.epoch
+        3
     """
-
-    def __init__(self, sampler: Any) -> None:
-        if not callable(getattr(sampler, "set_epoch", None)):
-            raise ValueError(f"{type(sampler).__name__} has no set_epoch(epoch) method.")
-        self.sampler = sampler
-
-    def attach(self, engine: Any) -> None:
-        """Register the handler on ``engine`` (``Events.EPOCH_STARTED``)."""
-        from ignite.engine import Events
-
-        if not engine.has_event_handler(self, Events.EPOCH_STARTED):
-            engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Any) -> None:
-        self.sampler.set_epoch(engine.state.epoch)
+    for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(int(epoch))
 
 
 def evaluation_sampler(dataset: Sized) -> Sampler | None:
