@@ -22,10 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.engines.workflow import Workflow
-from monai.inferers import Inferer
-from monai.transforms import Transform
 from monai.utils import IgniteInfo, convert_to_tensor, min_version, optional_import
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
@@ -108,9 +106,26 @@ def default_forward_both(network: torch.nn.Module, inputs: torch.Tensor) -> tupl
 
 
 class _TwoStageTrainerBase(SupervisedTrainer):
-    """Shared machinery: AMP on any device, gradient-accumulation flags, batch-sampler epochs, loss parts."""
+    """Shared machinery: AMP on any device, gradient-accumulation flags, batch-sampler epochs, loss parts.
 
-    def _init_common(self, train_data_loader: Any) -> None:
+    Both trainers take :class:`~monai.engines.SupervisedTrainer`'s arguments, with its defaults, and pass them on
+    unchanged: ``epoch_length``, ``non_blocking``, ``prepare_batch``, ``iteration_update``, ``inferer`` (unused by
+    the iterations; kept so that bundles can define ``train#inferer``), ``postprocessing``, ``key_train_metric``,
+    ``additional_metrics``, ``metric_cmp_fn``, ``train_handlers``, ``amp`` (``torch.autocast`` on the device type,
+    a ``GradScaler`` on CUDA only), ``event_names``, ``event_to_attr``, ``decollate`` (default True as
+    SupervisedTrainer: MONAI's ``from_engine(["loss"], first=True)`` reads the loss from the decollated list only;
+    with False use ``"$lambda x: x['loss']"``), ``optim_set_to_none``, ``to_kwargs``, ``amp_kwargs`` (e.g.
+    ``{"dtype": torch.bfloat16}``), ``accumulation_steps``, ``compile``. One default differs: ``compile_kwargs``
+    is ``{"dynamic": False}`` (the batch shape is fixed; with dynamic shapes torch 2.13's inductor fails on MONAI's
+    ResNet encoders).
+    """
+
+    def __init__(self, train_data_loader: Iterable | DataLoader, compile_kwargs: dict | None = None, **kwargs: Any):
+        super().__init__(
+            train_data_loader=train_data_loader,
+            compile_kwargs={"dynamic": False} if compile_kwargs is None else compile_kwargs,
+            **kwargs,
+        )
         # MONAI's Workflow only sets the epoch of a DistributedSampler used as `sampler`; do it for batch samplers too
         if isinstance(train_data_loader, DataLoader):
 
@@ -264,37 +279,18 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
         optimizer: the optimizer of the query parameters.
         loss_function: ``loss_function(q, k)`` -> scalar tensor (or a dict with ``"loss"``), e.g.
             :class:`~ideal_components.losses.LocalContrastiveLoss`.
-        epoch_length: iterations per epoch, default ``len(train_data_loader)``.
-        non_blocking: non-blocking host-to-device copies.
         prepare_batch: ``None`` (default) takes the two views from the batch dict by ``view_keys``; otherwise a
             callable ``(batchdata, device, non_blocking, **to_kwargs) -> (x1, x2)``.
-        iteration_update: replaces ``_iteration`` (see SupervisedTrainer).
-        inferer: unused by the iteration; kept so bundles can define ``train#inferer`` (default SimpleInferer).
-        postprocessing: transforms applied to ``engine.state.output`` (see SupervisedTrainer).
-        key_train_metric: see SupervisedTrainer.
-        additional_metrics: see SupervisedTrainer.
-        metric_cmp_fn: see SupervisedTrainer.
-        train_handlers: ignite / MONAI handlers to attach.
-        amp: mixed precision (``torch.autocast`` on the device type; ``GradScaler`` on CUDA).
-        event_names: additional ignite events to register.
-        event_to_attr: see SupervisedTrainer.
-        decollate: decollate ``engine.state.batch`` / ``engine.state.output`` into lists of per-item dicts after
-            each iteration (default True, as SupervisedTrainer: MONAI's ``from_engine(["loss"], first=True)``
-            reads the loss from the decollated list only; with False use ``"$lambda x: x['loss']"``).
-        optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
-        to_kwargs: other ``Tensor.to`` arguments for the views.
-        amp_kwargs: ``torch.autocast`` arguments (e.g. ``{"dtype": torch.bfloat16}``).
-        accumulation_steps: gradient accumulation as in SupervisedTrainer (the momentum update follows each step).
         view_keys: the batch keys of the two views.
         max_shift: translate the key view by a random whole number of feature cells in ``[-max_shift, max_shift]``
             (per iteration, both axes, zero fill; cells of the coarsest projected map) and compare only the
             overlapping cells. With views of identical
             geometry a network can match location *i* to location *i* from position alone (padding makes absolute
             position visible); the shift removes that shortcut while keeping exact correspondences. ``0``: off.
-        compile: ``torch.compile`` the network (the query forward; the key forward runs eagerly), as
-            SupervisedTrainer's ``compile``.
-        compile_kwargs: ``torch.compile`` arguments, default ``{"dynamic": False}`` (the batch shape is fixed; with
-            dynamic shapes torch 2.13's inductor fails on MONAI's ResNet encoders).
+        **kwargs: :class:`~monai.engines.SupervisedTrainer`'s other arguments, passed on with its defaults (one
+            exception: ``compile_kwargs`` defaults to ``{"dynamic": False}``); see ``_TwoStageTrainerBase``.
+            With ``accumulation_steps`` the momentum update follows each optimizer step; ``compile`` compiles the
+            query forward (the key forward runs eagerly).
 
     Raises:
         ValueError: the network has no ``forward_key``; a view key is missing from a batch.
@@ -317,28 +313,10 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
         network: torch.nn.Module,
         optimizer: Optimizer,
         loss_function: Callable,
-        epoch_length: int | None = None,
-        non_blocking: bool = False,
         prepare_batch: Callable | None = None,
-        iteration_update: Callable[[Engine, Any], Any] | None = None,
-        inferer: Inferer | None = None,
-        postprocessing: Transform | None = None,
-        key_train_metric: dict[str, Metric] | None = None,
-        additional_metrics: dict[str, Metric] | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        train_handlers: Sequence | None = None,
-        amp: bool = False,
-        event_names: list[str | EventEnum | type[EventEnum]] | None = None,
-        event_to_attr: dict | None = None,
-        decollate: bool = True,
-        optim_set_to_none: bool = False,
-        to_kwargs: dict | None = None,
-        amp_kwargs: dict | None = None,
-        accumulation_steps: int = 1,
         view_keys: Sequence[str] = ("image", "image_view2"),
         max_shift: int = 0,
-        compile: bool = False,
-        compile_kwargs: dict | None = None,
+        **kwargs: Any,
     ) -> None:
         view_keys = tuple(view_keys)
         if int(max_shift) < 0:
@@ -350,6 +328,9 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
                 f"{type(unwrap_network(network)).__name__} has no forward_key(x): ContrastivePretrainTrainer needs "
                 "a network with query (forward) and key (forward_key) projections, e.g. DenseContrastiveNet."
             )
+        self.view_keys = view_keys
+        self.max_shift = int(max_shift)
+        self.custom_prepare_batch = prepare_batch is not None
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -357,31 +338,9 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
             network=network,
             optimizer=optimizer,
             loss_function=loss_function,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
             prepare_batch=default_prepare_batch if prepare_batch is None else prepare_batch,
-            iteration_update=iteration_update,
-            inferer=inferer,
-            postprocessing=postprocessing,
-            key_train_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            train_handlers=train_handlers,
-            amp=amp,
-            event_names=event_names,
-            event_to_attr=event_to_attr,
-            decollate=decollate,
-            optim_set_to_none=optim_set_to_none,
-            to_kwargs=to_kwargs,
-            amp_kwargs=amp_kwargs,
-            compile=compile,
-            compile_kwargs={"dynamic": False} if compile_kwargs is None else compile_kwargs,
-            accumulation_steps=accumulation_steps,
+            **kwargs,
         )
-        self.view_keys = view_keys
-        self.max_shift = int(max_shift)
-        self.custom_prepare_batch = prepare_batch is not None
-        self._init_common(train_data_loader)
 
     @staticmethod
     def _prepare_views(engine: Any, batchdata: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -491,27 +450,6 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         network: e.g. :class:`~ideal_components.networks.TwoBranchFlexibleUNet`.
         optimizer: the optimizer.
         loss_function: e.g. :class:`~ideal_components.losses.CrossPseudoLabelLoss`.
-        epoch_length: iterations per epoch, default ``len(train_data_loader)``.
-        non_blocking: non-blocking host-to-device copies.
-        prepare_batch: ``(batchdata, device, non_blocking, **to_kwargs) -> (image, label)`` (the flags are read
-            from ``batchdata[labeled_key]``), default MONAI's ``default_prepare_batch``.
-        iteration_update: replaces ``_iteration`` (see SupervisedTrainer).
-        inferer: unused by the iteration; kept so bundles can define ``train#inferer`` (default SimpleInferer).
-        postprocessing: transforms applied to ``engine.state.output`` (see SupervisedTrainer).
-        key_train_metric: e.g. a train Dice on ``"pred"`` / ``"label"`` (note: unlabelled items carry placeholders).
-        additional_metrics: see SupervisedTrainer.
-        metric_cmp_fn: see SupervisedTrainer.
-        train_handlers: ignite / MONAI handlers to attach.
-        amp: mixed precision (``torch.autocast`` on the device type; ``GradScaler`` on CUDA).
-        event_names: additional ignite events to register.
-        event_to_attr: see SupervisedTrainer.
-        decollate: decollate ``engine.state.batch`` / ``engine.state.output`` into lists of per-item dicts after
-            each iteration (default True, as SupervisedTrainer: MONAI's ``from_engine(["loss"], first=True)``
-            reads the loss from the decollated list only; with False use ``"$lambda x: x['loss']"``).
-        optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``.
-        to_kwargs: other ``Tensor.to`` arguments.
-        amp_kwargs: ``torch.autocast`` arguments.
-        accumulation_steps: gradient accumulation as in SupervisedTrainer.
         labeled_key: batch key of the 0/1 flags.
         forward_both_fn: ``(network, image) -> (logits_a, logits_b)``, default :func:`default_forward_both`.
         batch_statistics: how the labelled and the unlabelled slices get their BatchNorm batch statistics.
@@ -532,9 +470,8 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
             A group of a single slice is normalised with the other group (BatchNorm may see one value per channel
             at the deepest level, which it refuses in training mode). The groups are read from the batch's flags
             on the host (the data loader's CPU tensor), so no device synchronisation is needed.
-        compile: ``torch.compile`` the network, as SupervisedTrainer's ``compile``.
-        compile_kwargs: ``torch.compile`` arguments, default ``{"dynamic": False}`` (the batch shape is fixed; with
-            dynamic shapes torch 2.13's inductor fails on MONAI's ResNet encoders).
+        **kwargs: :class:`~monai.engines.SupervisedTrainer`'s other arguments, passed on with its defaults (one
+            exception: ``compile_kwargs`` defaults to ``{"dynamic": False}``); see ``_TwoStageTrainerBase``.
 
     Raises:
         ValueError: a batch without label or flags, or a network without a two-branch forward.
@@ -558,29 +495,10 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         network: torch.nn.Module,
         optimizer: Optimizer,
         loss_function: Callable,
-        epoch_length: int | None = None,
-        non_blocking: bool = False,
-        prepare_batch: Callable = default_prepare_batch,
-        iteration_update: Callable[[Engine, Any], Any] | None = None,
-        inferer: Inferer | None = None,
-        postprocessing: Transform | None = None,
-        key_train_metric: dict[str, Metric] | None = None,
-        additional_metrics: dict[str, Metric] | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        train_handlers: Sequence | None = None,
-        amp: bool = False,
-        event_names: list[str | EventEnum | type[EventEnum]] | None = None,
-        event_to_attr: dict | None = None,
-        decollate: bool = True,
-        optim_set_to_none: bool = False,
-        to_kwargs: dict | None = None,
-        amp_kwargs: dict | None = None,
-        accumulation_steps: int = 1,
         labeled_key: str = "labeled",
         forward_both_fn: Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         batch_statistics: str = "per_group",
-        compile: bool = False,
-        compile_kwargs: dict | None = None,
+        **kwargs: Any,
     ) -> None:
         if batch_statistics not in BATCH_STATISTICS:
             raise ValueError(f"batch_statistics must be one of {BATCH_STATISTICS}, got {batch_statistics!r}.")
@@ -596,6 +514,9 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
                     f"batch_statistics='per_group' cannot convert {sorted(set(unconverted))} layers of "
                     f"{type(bare).__name__}; use batch_statistics='separate_forwards'."
                 )
+        self.labeled_key = labeled_key
+        self.forward_both_fn = default_forward_both if forward_both_fn is None else forward_both_fn
+        self.batch_statistics = batch_statistics
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -603,31 +524,8 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
             network=network,
             optimizer=optimizer,
             loss_function=loss_function,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            prepare_batch=prepare_batch,
-            iteration_update=iteration_update,
-            inferer=inferer,
-            postprocessing=postprocessing,
-            key_train_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            train_handlers=train_handlers,
-            amp=amp,
-            event_names=event_names,
-            event_to_attr=event_to_attr,
-            decollate=decollate,
-            optim_set_to_none=optim_set_to_none,
-            to_kwargs=to_kwargs,
-            amp_kwargs=amp_kwargs,
-            compile=compile,
-            compile_kwargs={"dynamic": False} if compile_kwargs is None else compile_kwargs,
-            accumulation_steps=accumulation_steps,
+            **kwargs,
         )
-        self.labeled_key = labeled_key
-        self.forward_both_fn = default_forward_both if forward_both_fn is None else forward_both_fn
-        self.batch_statistics = batch_statistics
-        self._init_common(train_data_loader)
 
     @staticmethod
     def _forward_groups(engine: Any, inputs: torch.Tensor, labeled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
