@@ -355,6 +355,90 @@ def _bundle_command(
     return cmd + _cli_args(args)
 
 
+def _check_configs(configs_dir: Path, method_names: Sequence[str]) -> None:
+    """Every bundle config the methods need exists."""
+    needed = {"metadata.json", "logging.conf", "evaluate.json"}
+    for m in method_names:
+        needed |= set(METHODS[m].finetune) | set(METHODS[m].pretrain or ())
+    missing = sorted(n for n in needed if not (configs_dir / n).is_file())
+    if missing:
+        raise FileNotFoundError(f"{configs_dir}: missing bundle config(s) {missing}.")
+
+
+def _check_fractions_in_datalist(datalist: Path, fraction_keys: Sequence[str]) -> None:
+    """Every label fraction has its split in the datalist (when the datalist exists and lists its fractions)."""
+    if not datalist.is_file():
+        return
+    try:
+        available = json.loads(datalist.read_text(encoding="utf-8")).get("fractions")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{datalist}: cannot read the datalist ({e}).") from None
+    if isinstance(available, list):
+        absent = [f for f in fraction_keys if f not in [str(a) for a in available]]
+        if absent:
+            raise ValueError(f"{datalist}: no label fraction(s) {absent}; it has {available}.")
+
+
+def _phase_overrides(overrides: Any, pretrain_overrides: Any) -> tuple[dict, dict, dict]:
+    """``(fine-tuning overrides, pre-training overrides as given, pre-training overrides used)``: the ids of
+    :data:`SHARED_KEYS` come from ``overrides`` for both phases; none may set an id of :data:`RESERVED_KEYS`."""
+    ft = parse_overrides(overrides, "overrides")
+    pt_own = parse_overrides(pretrain_overrides, "pretrain_overrides")
+    for name, d in (("overrides", ft), ("pretrain_overrides", pt_own)):
+        bad = [k for k in d if k in RESERVED_KEYS]
+        if bad:
+            raise ValueError(f"{name} may not set {bad}: the sweep sets them (use the sweep's own arguments).")
+    for k in SHARED_KEYS:
+        if k in pt_own and (k not in ft or ft[k] != pt_own[k]):
+            raise ValueError(
+                f"pretrain_overrides sets {k}={pt_own[k]!r} but overrides has {ft.get(k, '<bundle default>')!r}: "
+                f"{list(SHARED_KEYS)} must be the same for both phases; set them in overrides only."
+            )
+    return ft, pt_own, {**{k: ft[k] for k in SHARED_KEYS if k in ft}, **pt_own}
+
+
+def _cell_steps(
+    python: str,
+    configs_dir: Path,
+    method: str,
+    seed: int,
+    fraction: str,
+    cell: Path,
+    args: dict[str, Any],
+    ignore_done: bool,
+) -> list[SweepStep]:
+    """The ``train`` and ``evaluate`` steps of one (method, fraction, seed) cell, fine-tuning with ``args``."""
+    finetune = METHODS[method].finetune
+    summary = cell.joinpath(*SUMMARY_REL)
+    eval_done = summary.is_file() and not ignore_done
+    train = SweepStep(
+        "train",
+        method,
+        seed,
+        fraction,
+        str(cell),
+        str(cell / "train.log"),
+        str(cell / TRAIN_DONE),
+        _bundle_command(python, configs_dir, finetune, cell, {**args, "resume": not ignore_done}),
+        clear=[str(cell / TRAIN_DONE), str(cell / "eval")]
+        + ([str(cell / "models"), str(cell / "logs")] if ignore_done else []),
+        done=eval_done or ((cell / TRAIN_DONE).is_file() and not ignore_done),
+    )
+    evaluate = SweepStep(
+        "evaluate",
+        method,
+        seed,
+        fraction,
+        str(cell),
+        str(cell / "eval.log"),
+        str(summary),
+        _bundle_command(python, configs_dir, (*finetune, "evaluate.json"), cell, args),
+        clear=[str(cell / "eval")],
+        done=eval_done,
+    )
+    return [train, evaluate]
+
+
 def plan_sweep(
     bundle: str,
     fractions: Any = None,
@@ -390,39 +474,14 @@ def plan_sweep(
     bundle_dir = Path(bundle).expanduser().resolve()
     configs_dir = bundle_dir / "configs"
     method_names = parse_methods(methods)
-    needed = {"metadata.json", "logging.conf", "evaluate.json"}
-    for m in method_names:
-        needed |= set(METHODS[m].finetune) | set(METHODS[m].pretrain or ())
-    missing = sorted(n for n in needed if not (configs_dir / n).is_file())
-    if missing:
-        raise FileNotFoundError(f"{configs_dir}: missing bundle config(s) {missing}.")
+    _check_configs(configs_dir, method_names)
     data_dir = Path(dataset_dir).expanduser().resolve() if dataset_dir else bundle_dir / "data" / "prepared"
     datalist = data_dir / "datalist.json"
     dataset = _dataset_name(bundle_dir, datalist)
     fraction_keys = parse_sweep_fractions(fractions, dataset)
-    if datalist.is_file():
-        try:
-            available = json.loads(datalist.read_text(encoding="utf-8")).get("fractions")
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{datalist}: cannot read the datalist ({e}).") from None
-        if isinstance(available, list):
-            absent = [f for f in fraction_keys if f not in [str(a) for a in available]]
-            if absent:
-                raise ValueError(f"{datalist}: no label fraction(s) {absent}; it has {available}.")
+    _check_fractions_in_datalist(datalist, fraction_keys)
     seed_list = parse_seeds(seeds)
-    ft = parse_overrides(overrides, "overrides")
-    pt_own = parse_overrides(pretrain_overrides, "pretrain_overrides")
-    for name, d in (("overrides", ft), ("pretrain_overrides", pt_own)):
-        bad = [k for k in d if k in RESERVED_KEYS]
-        if bad:
-            raise ValueError(f"{name} may not set {bad}: the sweep sets them (use the sweep's own arguments).")
-    for k in SHARED_KEYS:
-        if k in pt_own and (k not in ft or ft[k] != pt_own[k]):
-            raise ValueError(
-                f"pretrain_overrides sets {k}={pt_own[k]!r} but overrides has {ft.get(k, '<bundle default>')!r}: "
-                f"{list(SHARED_KEYS)} must be the same for both phases; set them in overrides only."
-            )
-    pt = {**{k: ft[k] for k in SHARED_KEYS if k in ft}, **pt_own}
+    ft, pt_own, pt = _phase_overrides(overrides, pretrain_overrides)
     _check_validation_runs(configs_dir, ft, method_names)
 
     out_dir = Path(out if out else os.path.join("runs", f"sweep_{dataset or bundle_dir.name}")).expanduser().resolve()
@@ -444,34 +503,7 @@ def plan_sweep(
                 if encoder is not None:
                     args["pretrained_encoder"] = str(encoder)
                 args.update(ft)
-                summary = cell.joinpath(*SUMMARY_REL)
-                eval_done = summary.is_file() and not ignore_done
-                train = SweepStep(
-                    "train",
-                    m,
-                    seed,
-                    f,
-                    str(cell),
-                    str(cell / "train.log"),
-                    str(cell / TRAIN_DONE),
-                    _bundle_command(python, configs_dir, spec.finetune, cell, {**args, "resume": not ignore_done}),
-                    clear=[str(cell / TRAIN_DONE), str(cell / "eval")]
-                    + ([str(cell / "models"), str(cell / "logs")] if ignore_done else []),
-                    done=eval_done or ((cell / TRAIN_DONE).is_file() and not ignore_done),
-                )
-                evaluate = SweepStep(
-                    "evaluate",
-                    m,
-                    seed,
-                    f,
-                    str(cell),
-                    str(cell / "eval.log"),
-                    str(summary),
-                    _bundle_command(python, configs_dir, (*spec.finetune, "evaluate.json"), cell, args),
-                    clear=[str(cell / "eval")],
-                    done=eval_done,
-                )
-                cell_steps += [train, evaluate]
+                cell_steps += _cell_steps(python, configs_dir, m, seed, f, cell, args, ignore_done)
             if encoder is not None:
                 root = encoder.parent.parent
                 args = {"dataset_dir": str(data_dir), "seed": seed, **pt}

@@ -250,35 +250,9 @@ def probe(
     size = None if spatial_size in (None, "None", "none", "") else parse_pair(spatial_size, "spatial_size", int)
     settings.update(seeds=seeds, levels=levels, spatial_size=size, steps=int(steps), lr=float(lr), device=str(dev))
     settings.update(batch_size=int(batch_size), max_shift=int(max_shift), pretext_seed=0)
-    show, datalist_file = parse_bool(progress, "progress"), os.path.join(dataset_dir, "datalist.json")
-    if not os.path.isfile(datalist_file):
-        raise FileNotFoundError(f"datalist not found: {datalist_file} (run prepare_acdc / prepare_mmwhs first).")
-    with open(datalist_file) as f:
-        datalist = json.load(f)
-    split = {}
-    for key in ("training", "test"):
-        split[key] = [
-            {**d, **{k: os.path.join(dataset_dir, d[k]) for k in ("image", "label") if d.get(k)}}
-            for d in datalist.get(key) or []
-        ]
-        if not split[key]:
-            raise ValueError(f"{datalist_file}: the {key!r} list is empty or missing.")
-    # the labelled sets: training volumes with a label file, by id; sets of K consecutive from evenly spaced starts
-    ids = sorted(
-        (str(d.get("id", d["image"])), i)
-        for i, d in enumerate(split["training"])
-        if d.get("label") and os.path.isfile(d["label"])
-    )
-    n, k = len(ids), int(num_labeled)
-    if not 1 <= k <= n or not 1 <= int(labeled_volumes) <= n:
-        raise ValueError(
-            f"{datalist_file}: {n} training volumes have a label; cannot pick labeled_volumes="
-            f"{labeled_volumes} distinct sets of num_labeled={num_labeled} volumes."
-        )
-    groups = [
-        [split["training"][ids[(i * n // int(labeled_volumes) + j) % n][1]] for j in range(k)]
-        for i in range(int(labeled_volumes))
-    ]
+    show = parse_bool(progress, "progress")
+    datalist, split = _read_datalist(dataset_dir)
+    groups = _labeled_groups(split["training"], int(labeled_volumes), int(num_labeled), dataset_dir)
     # the same unlabelled slices for every encoder: evenly spaced over all training slices
     counts = [int(d["num_slices"]) for d in split["training"]]
     picks, offsets = _spaced(sum(counts), max(2, int(bn_slices))), np.cumsum([0] + counts)
@@ -302,24 +276,7 @@ def probe(
         net = _load_encoder(spec, backbone, dev).requires_grad_(False)
         _reestimate_batch_norm(net, bn_x, settings["batch_size"], dev)
         pretext[role] = _pretext(net, pretext_x, int(pretext_level), settings, dev)
-        weights, biases = [], []
-        for x, y in sets:
-            feats = _features(net, x, levels, int(feature_stride), dev)
-            for seed in seeds:
-                keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: int(max_train_slices)]
-                keep = keep.sort().values
-                w, b = _fit(feats[keep.to(dev)], y[keep].to(dev), num_classes, seed, settings)
-                weights, biases = weights + [w], biases + [b]
-                bar.update()
-        w_all, b_all, per_volume = torch.cat(weights)[..., None, None], torch.cat(biases), []
-        for x, y in test:  # every classifier at once: (D, M * K, h, w) logits, argmax -> (M, H, W, D)
-            logits = F.conv2d(_features(net, x, levels, int(feature_stride), dev), w_all, b_all)
-            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear").unflatten(1, (len(weights), -1))
-            pred = F.one_hot(logits.argmax(2).permute(1, 2, 3, 0), num_classes).permute(0, 4, 1, 2, 3).float()
-            ref = F.one_hot(y.to(dev).permute(1, 2, 0), num_classes).permute(3, 0, 1, 2)[None].expand_as(pred)
-            per_volume.append(compute_dice(pred, ref.float(), include_background=False, ignore_empty=False).mean(1))
-            bar.update()
-        dice[role] = torch.stack(per_volume).mean(0).tolist()  # the mean test Dice of each (set, seed) classifier
+        dice[role] = _probe_dice(net, sets, test, seeds, levels, int(feature_stride), num_classes, settings, dev, bar)
     bar.close()
 
     pairs = [{"seed": s, "labeled": [d.get("id", d["image"]) for d in g]} for g in groups for s in seeds]
@@ -339,18 +296,79 @@ def probe(
         "settings": {**settings, "test_volumes": [d.get("id", d["image"]) for d in split["test"]]},
     }
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"probe ({backbone}, levels {levels}): {len(test)} test volumes, {len(pairs)} pairs "
+          f"({labeled_volumes} labelled sets of {num_labeled} x {len(seeds)} seeds)")  # fmt: skip
+    print(_result_table(result))
+    return out
+
+
+def _read_datalist(dataset_dir: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The datalist and its ``training`` / ``test`` items with absolute paths (both lists must be non-empty)."""
+    datalist_file = os.path.join(dataset_dir, "datalist.json")
+    if not os.path.isfile(datalist_file):
+        raise FileNotFoundError(f"datalist not found: {datalist_file} (run prepare_acdc / prepare_mmwhs first).")
+    with open(datalist_file) as f:
+        datalist = json.load(f)
+    split = {}
+    for key in ("training", "test"):
+        split[key] = [
+            {**d, **{k: os.path.join(dataset_dir, d[k]) for k in ("image", "label") if d.get(k)}}
+            for d in datalist.get(key) or []
+        ]
+        if not split[key]:
+            raise ValueError(f"{datalist_file}: the {key!r} list is empty or missing.")
+    return datalist, split
+
+
+def _labeled_groups(training: list[dict[str, Any]], labeled_volumes: int, num_labeled: int, dataset_dir: str):
+    """The labelled sets: training volumes with a label file, by id; sets of ``num_labeled`` consecutive volumes
+    from ``labeled_volumes`` evenly spaced starts."""
+    ids = sorted((str(d.get("id", d["image"])), i) for i, d in enumerate(training) if d.get("label") and
+                 os.path.isfile(d["label"]))  # fmt: skip
+    n, k = len(ids), num_labeled
+    if not 1 <= k <= n or not 1 <= labeled_volumes <= n:
+        raise ValueError(
+            f"{os.path.join(dataset_dir, 'datalist.json')}: {n} training volumes have a label; cannot pick "
+            f"labeled_volumes={labeled_volumes} distinct sets of num_labeled={num_labeled} volumes."
+        )
+    return [[training[ids[(i * n // labeled_volumes + j) % n][1]] for j in range(k)] for i in range(labeled_volumes)]
+
+
+def _probe_dice(net, sets, test, seeds, levels, feature_stride, num_classes, settings, dev, bar) -> list[float]:
+    """Fit one linear classifier per (labelled set, seed) on ``net``'s features and return each one's mean test
+    Dice, in (set, seed) order."""
+    weights, biases = [], []
+    for x, y in sets:
+        feats = _features(net, x, levels, feature_stride, dev)
+        for seed in seeds:
+            keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[
+                : int(settings["max_train_slices"])
+            ]
+            keep = keep.sort().values
+            w, b = _fit(feats[keep.to(dev)], y[keep].to(dev), num_classes, seed, settings)
+            weights, biases = weights + [w], biases + [b]
+            bar.update()
+    w_all, b_all, per_volume = torch.cat(weights)[..., None, None], torch.cat(biases), []
+    for x, y in test:  # every classifier at once: (D, M * K, h, w) logits, argmax -> (M, H, W, D)
+        logits = F.conv2d(_features(net, x, levels, feature_stride, dev), w_all, b_all)
+        logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear").unflatten(1, (len(weights), -1))
+        pred = F.one_hot(logits.argmax(2).permute(1, 2, 3, 0), num_classes).permute(0, 4, 1, 2, 3).float()
+        ref = F.one_hot(y.to(dev).permute(1, 2, 0), num_classes).permute(3, 0, 1, 2)[None].expand_as(pred)
+        per_volume.append(compute_dice(pred, ref.float(), include_background=False, ignore_empty=False).mean(1))
+        bar.update()
+    return torch.stack(per_volume).mean(0).tolist()
+
+
+def _result_table(result: dict[str, Any]) -> str:
+    """The stdout table: each encoder's mean Dice and pretext accuracy, then A - B with its interval and signs."""
     sc, ci = result["sign_count"], result["ci95"]
-    print(
-        f"probe ({backbone}, levels {levels}): {len(test)} test volumes, {len(pairs)} pairs "
-        f"({labeled_volumes} labelled sets of {num_labeled} x {len(seeds)} seeds)\n"
-        f"{'':12} {'':<40} {'mean Dice':>9} {'pretext acc':>11}"
-    )
-    for role, spec in (("encoder A", encoder), ("baseline B", baseline)):
-        key = role.split()[0]
-        name = str(spec) if len(str(spec)) <= 40 else "..." + str(spec)[-37:]
-        print(f"{role:<12} {name:<40} {result['mean_dice'][key]:9.4f} {pretext[key]:11.4f}")
-    print(
+    lines = [f"{'':12} {'':<40} {'mean Dice':>9} {'pretext acc':>11}"]
+    for role, key in (("encoder A", "encoder"), ("baseline B", "baseline")):
+        spec = str(result[key])
+        name = spec if len(spec) <= 40 else "..." + spec[-37:]
+        lines.append(f"{role:<12} {name:<40} {result['mean_dice'][key]:9.4f} {result['pretext_accuracy'][key]:11.4f}")
+    lines.append(
         f"A - B: {result['mean_difference']:+.4f}  ci95 [{ci[0]:+.4f}, {ci[1]:+.4f}]  "
         f"A>B {sc['encoder_better']}  A<B {sc['baseline_better']}  ties {sc['ties']}"
     )
-    return out
+    return "\n".join(lines)

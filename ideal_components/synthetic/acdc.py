@@ -62,7 +62,12 @@ def acdc_patient_group(patient_id: int) -> str:
 
 
 def _acdc_params(seed: int, pid: int) -> dict[str, Any]:
-    """Draw every per-subject parameter of ACDC phantom ``pid``."""
+    """Draw every per-subject parameter of ACDC phantom ``pid``.
+
+    One long function on purpose: every draw comes from one random stream in a fixed order, and that order is the
+    phantom's identity (a test pins the standard phantoms' bytes). Reading the draws top to bottom shows the order;
+    splitting them over helpers would hide it and invite a reordering that silently changes every subject.
+    """
     rng = _rng(seed, pid, _ACDC_STREAM)
     u = rng.uniform
     group = acdc_patient_group(pid)

@@ -138,7 +138,11 @@ def _ellipsoid_world(xyz: Sequence[np.ndarray], centre: np.ndarray, radii: Seque
 
 
 def _mmwhs_volume(seed: int, vid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render MMWHS phantom ``vid``: int16 image, uint16 label map, affine."""
+    """Render MMWHS phantom ``vid``: int16 image, uint16 label map, affine.
+
+    One long function on purpose: the structures are painted in a fixed order (later ones overwrite earlier ones)
+    from one random stream whose draw order is the phantom's identity; the sequence reads top to bottom.
+    """
     p = _mmwhs_params(seed, vid)
     shape, aff = p["shape"], p["affine"]
     tone = p["I"]

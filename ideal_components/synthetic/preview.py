@@ -95,72 +95,10 @@ def render_preview(
     fig, axes = plt.subplots(len(names), ncol, figsize=(3.0 * ncol, 3.1 * len(names)), squeeze=False)
     for row, name in enumerate(names):
         if dataset == "acdc":
-            cfg = dict(
-                line.split(":", 1) for line in open(os.path.join(folder, name, "Info.cfg")).read().splitlines() if line
-            )
-            ed, es = int(cfg["ED"]), int(cfg["ES"])
-
-            def load(frame: int, gt: bool) -> np.ndarray:
-                path = os.path.join(folder, name, f"{name}_frame{frame:02d}{'_gt' if gt else ''}.nii.gz")
-                return np.asanyarray(nib.load(path).dataobj)
-
-            img_ed, lab_ed, img_es, lab_es = load(ed, False), load(ed, True), load(es, False), load(es, True)
-            shape = img_ed.shape
-            header = nib.load(os.path.join(folder, name, f"{name}_frame{ed:02d}.nii.gz")).header
-            descrip = bytes(header["descrip"].item()).split(b"\0")[0].decode(errors="replace")
-            if descrip.startswith("synth_acdc difficulty="):
-                difficulties.add(descrip.split("=", 1)[1])
-            if crop_mm is not None:  # a fixed box around the heart (its centre over the whole ED volume)
-                ci, cj = np.argwhere(lab_ed > 0)[:, :2].mean(0).round().astype(int)
-                half = int(round(crop_mm / 2 / float(header.get_zooms()[0])))
-                box = (slice(max(ci - half, 0), ci + half), slice(max(cj - half, 0), cj + half))
-                img_ed, lab_ed, img_es, lab_es = (a[box] for a in (img_ed, lab_ed, img_es, lab_es))
-            n = img_ed.shape[2]
-            panels = [
-                (img_ed, lab_ed, 0, "ED basal"),
-                (img_ed, None, n // 2, "ED mid"),
-                (img_ed, lab_ed, n // 2, "ED mid + labels"),
-                (img_ed, lab_ed, n - 1, "ED apical"),
-                (img_es, lab_es, n // 2, f"ES (frame {es}) mid"),
-            ]
-            zooms = nib.load(os.path.join(folder, name, f"{name}_frame{ed:02d}.nii.gz")).header.get_zooms()
-            for col, (im, lb, k, title) in enumerate(panels):
-                ax = axes[row, col]
-                _overlay(ax, im[:, :, k].T, None if lb is None else lb[:, :, k].T, _ACDC_COLOURS)
-                ax.set_title(f"{title} (slice {k})", fontsize=8)
-            axes[row, 0].set_ylabel(
-                f"{name} {cfg['Group'].strip()}\n{shape[0]}x{shape[1]}x{n}, "
-                f"{zooms[0]:.2f}x{zooms[1]:.2f}x{zooms[2]:.1f} mm",
-                fontsize=8,
-            )
+            difficulty = _acdc_row(axes[row], folder, name, crop_mm)
+            difficulties |= {difficulty} if difficulty else set()
         else:
-            img = nib.load(os.path.join(folder, f"{name}_image.nii.gz"))
-            lab = nib.load(os.path.join(folder, f"{name}_label.nii.gz"))
-            codes = "".join(nib.aff2axcodes(img.affine))
-            img_c, lab_c = nib.as_closest_canonical(img), nib.as_closest_canonical(lab)
-            im, lb = np.asanyarray(img_c.dataobj), np.asanyarray(lab_c.dataobj)
-            sp = img_c.header.get_zooms()[:3]
-            lb_known = np.where(np.isin(lb, list(_MMWHS_COLOURS)), lb, 0)
-            ci, cj, ck = np.round(np.argwhere(lb_known == 500).mean(0)).astype(int)
-            ext = lambda a, b: (0, im.shape[a] * sp[a], 0, im.shape[b] * sp[b])  # noqa: E731
-            panels = [
-                (im[:, :, ck].T, None, ext(0, 1), "axial"),
-                (im[:, :, ck].T, lb_known[:, :, ck].T, ext(0, 1), "axial + labels"),
-                (im[:, cj, :].T, lb_known[:, cj, :].T, ext(0, 2), "coronal"),
-                (im[ci, :, :].T, lb_known[ci, :, :].T, ext(1, 2), "sagittal"),
-            ]
-            for col, (a2, l2, extent, title) in enumerate(panels):
-                ax = axes[row, col]
-                _overlay(ax, a2, l2, _MMWHS_COLOURS, extent=extent)
-                ax.set_title(title, fontsize=8)
-                if title in ("axial", "axial + labels", "coronal"):
-                    ax.invert_xaxis()  # radiological convention: the subject's right on the left
-            axes[row, 0].set_ylabel(
-                f"{name}\nstored {codes} {'x'.join(map(str, img.shape))}\n"
-                + "x".join(f"{z:.2f}" for z in img.header.get_zooms()[:3])
-                + " mm",
-                fontsize=8,
-            )
+            _mmwhs_row(axes[row], folder, name)
     if dataset == "acdc":
         handles = [Patch(color=c, label=ACDC_CLASS_NAMES[k]) for k, c in _ACDC_COLOURS.items()]
     else:
@@ -173,3 +111,77 @@ def render_preview(
     fig.savefig(out_png, dpi=80)
     plt.close(fig)
     return out_png
+
+
+def _acdc_row(axes_row: Any, folder: str, name: str, crop_mm: float | None) -> str | None:
+    """Draw one ACDC patient's panels (basal, mid, apical ED slices, mid ES); return its ``synth_acdc`` difficulty
+    (``None`` for files that do not record one)."""
+    cfg = dict(line.split(":", 1) for line in open(os.path.join(folder, name, "Info.cfg")).read().splitlines() if line)
+    ed, es = int(cfg["ED"]), int(cfg["ES"])
+
+    def load(frame: int, gt: bool) -> np.ndarray:
+        path = os.path.join(folder, name, f"{name}_frame{frame:02d}{'_gt' if gt else ''}.nii.gz")
+        return np.asanyarray(nib.load(path).dataobj)
+
+    img_ed, lab_ed, img_es, lab_es = load(ed, False), load(ed, True), load(es, False), load(es, True)
+    shape = img_ed.shape
+    header = nib.load(os.path.join(folder, name, f"{name}_frame{ed:02d}.nii.gz")).header
+    descrip = bytes(header["descrip"].item()).split(b"\0")[0].decode(errors="replace")
+    difficulty = None
+    if descrip.startswith("synth_acdc difficulty="):
+        difficulty = descrip.split("=", 1)[1]
+    if crop_mm is not None:  # a fixed box around the heart (its centre over the whole ED volume)
+        ci, cj = np.argwhere(lab_ed > 0)[:, :2].mean(0).round().astype(int)
+        half = int(round(crop_mm / 2 / float(header.get_zooms()[0])))
+        box = (slice(max(ci - half, 0), ci + half), slice(max(cj - half, 0), cj + half))
+        img_ed, lab_ed, img_es, lab_es = (a[box] for a in (img_ed, lab_ed, img_es, lab_es))
+    n = img_ed.shape[2]
+    panels = [
+        (img_ed, lab_ed, 0, "ED basal"),
+        (img_ed, None, n // 2, "ED mid"),
+        (img_ed, lab_ed, n // 2, "ED mid + labels"),
+        (img_ed, lab_ed, n - 1, "ED apical"),
+        (img_es, lab_es, n // 2, f"ES (frame {es}) mid"),
+    ]
+    zooms = nib.load(os.path.join(folder, name, f"{name}_frame{ed:02d}.nii.gz")).header.get_zooms()
+    for col, (im, lb, k, title) in enumerate(panels):
+        ax = axes_row[col]
+        _overlay(ax, im[:, :, k].T, None if lb is None else lb[:, :, k].T, _ACDC_COLOURS)
+        ax.set_title(f"{title} (slice {k})", fontsize=8)
+    axes_row[0].set_ylabel(
+        f"{name} {cfg['Group'].strip()}\n{shape[0]}x{shape[1]}x{n}, "
+        f"{zooms[0]:.2f}x{zooms[1]:.2f}x{zooms[2]:.1f} mm",
+        fontsize=8,
+    )
+    return difficulty
+
+
+def _mmwhs_row(axes_row: Any, folder: str, name: str) -> None:
+    """Draw one MMWHS volume's panels, reoriented to RAS: axial without and with labels, coronal, sagittal."""
+    img = nib.load(os.path.join(folder, f"{name}_image.nii.gz"))
+    lab = nib.load(os.path.join(folder, f"{name}_label.nii.gz"))
+    codes = "".join(nib.aff2axcodes(img.affine))
+    img_c, lab_c = nib.as_closest_canonical(img), nib.as_closest_canonical(lab)
+    im, lb = np.asanyarray(img_c.dataobj), np.asanyarray(lab_c.dataobj)
+    sp = img_c.header.get_zooms()[:3]
+    lb_known = np.where(np.isin(lb, list(_MMWHS_COLOURS)), lb, 0)
+    ci, cj, ck = np.round(np.argwhere(lb_known == 500).mean(0)).astype(int)
+    ext = lambda a, b: (0, im.shape[a] * sp[a], 0, im.shape[b] * sp[b])  # noqa: E731
+    panels = [
+        (im[:, :, ck].T, None, ext(0, 1), "axial"),
+        (im[:, :, ck].T, lb_known[:, :, ck].T, ext(0, 1), "axial + labels"),
+        (im[:, cj, :].T, lb_known[:, cj, :].T, ext(0, 2), "coronal"),
+        (im[ci, :, :].T, lb_known[ci, :, :].T, ext(1, 2), "sagittal"),
+    ]
+    for col, (a2, l2, extent, title) in enumerate(panels):
+        ax = axes_row[col]
+        _overlay(ax, a2, l2, _MMWHS_COLOURS, extent=extent)
+        ax.set_title(title, fontsize=8)
+        if title in ("axial", "axial + labels", "coronal"):
+            ax.invert_xaxis()  # radiological convention: the subject's right on the left
+    axes_row[0].set_ylabel(
+        f"{name}\nstored {codes} {'x'.join(map(str, img.shape))}\n"
+        + "x".join(f"{z:.2f}" for z in img.header.get_zooms()[:3])
+        + " mm",
+        fontsize=8,
+    )
