@@ -46,7 +46,7 @@ else:
 __all__ = [
     "ContrastivePretrainTrainer",
     "CrossPseudoLabelTrainer",
-    "default_forward_both",
+    "forward_both",
     "shift_image",
     "overlapping_features",
     "BATCH_STATISTICS",
@@ -65,7 +65,7 @@ def _accepts_kwarg(fn: Callable, name: str) -> bool:
     return name in params or any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def default_forward_both(network: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_both(network: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both branches' logits of a two-branch network, in a way that keeps DDP's gradient synchronisation.
 
     - If the bare network's ``forward`` accepts ``branch``: ``network(inputs, branch="both")`` (through the wrapper,
@@ -82,7 +82,7 @@ def default_forward_both(network: torch.nn.Module, inputs: torch.Tensor) -> tupl
         ``(logits_a, logits_b)``.
 
     Example:
-        >>> logits_a, logits_b = default_forward_both(TwoBranchFlexibleUNet(backbone="resnet10"), x)
+        >>> logits_a, logits_b = forward_both(TwoBranchFlexibleUNet(backbone="resnet10"), x)
     """
     bare = unwrap_network(network)
     if _accepts_kwarg(bare.forward, "branch"):
@@ -93,12 +93,12 @@ def default_forward_both(network: torch.nn.Module, inputs: torch.Tensor) -> tupl
         raise ValueError(
             f"{type(bare).__name__} is wrapped ({type(network).__name__}) and its forward has no `branch` argument: "
             "calling `.module.forward_both` would bypass the wrapper's gradient synchronisation. Give the network "
-            "`forward(x, branch='both')` or pass `forward_both_fn` to the trainer."
+            "`forward(x, branch='both')`."
         )
     else:
         raise ValueError(
             f"{type(bare).__name__} has neither `forward(x, branch='both')` nor `forward_both(x)`; "
-            "CrossPseudoLabelTrainer needs both branches' logits (or pass `forward_both_fn`)."
+            "CrossPseudoLabelTrainer needs both branches' logits."
         )
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise ValueError(f"the two-branch forward must return (logits_a, logits_b), got {type(out).__name__}.")
@@ -428,7 +428,7 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
     :class:`~ideal_components.transforms.EnsureLabeld`), ``labeled_key`` ``(B,)`` 0/1 flags (see
     :class:`~ideal_components.data.sampler.LabeledUnlabeledBatchSampler` for the batch composition).
 
-    One iteration: ``logits_a, logits_b = forward_both_fn(network, image)`` with each BatchNorm layer normalising
+    One iteration: ``logits_a, logits_b = forward_both(network, image)`` with each BatchNorm layer normalising
     the labelled and the unlabelled slices with their own statistics (``batch_statistics``), in batch order;
     ``parts = loss_function.compute(logits_a, logits_b, label, labeled, epoch=e)`` with the fractional epoch
     ``e = state.epoch - 1 + (iteration in epoch) / epoch_length`` (for ramp-ups); backward of ``parts["loss"]``;
@@ -439,7 +439,7 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
     "loss_supervised", "loss_cross_pseudo"}`` (+ ``"loss_<part>"`` for other parts), losses as detached tensors;
     with ``decollate=True`` it becomes a list of per-item dicts after ``MODEL_COMPLETED``.
 
-    Distributed training: the default ``forward_both_fn`` (:func:`default_forward_both`) calls
+    Distributed training: :func:`forward_both` calls
     ``network(x, branch="both")`` when the network's forward accepts ``branch``, so that DDP's forward (and so its
     gradient all-reduce) covers both branches; a DDP-wrapped network without it is refused.
 
@@ -451,7 +451,6 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         optimizer: the optimizer.
         loss_function: e.g. :class:`~ideal_components.losses.CrossPseudoLabelLoss`.
         labeled_key: batch key of the 0/1 flags.
-        forward_both_fn: ``(network, image) -> (logits_a, logits_b)``, default :func:`default_forward_both`.
         batch_statistics: how the labelled and the unlabelled slices get their BatchNorm batch statistics.
             With one joint forward the few labelled volumes, which fill half of every batch, bias the statistics:
             on the 10 % phantom demo (``make demo``) the test Dice was 0.24 with joint statistics and 0.86 with
@@ -496,7 +495,6 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         optimizer: Optimizer,
         loss_function: Callable,
         labeled_key: str = "labeled",
-        forward_both_fn: Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         batch_statistics: str = "per_group",
         **kwargs: Any,
     ) -> None:
@@ -515,7 +513,6 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
                     f"{type(bare).__name__}; use batch_statistics='separate_forwards'."
                 )
         self.labeled_key = labeled_key
-        self.forward_both_fn = default_forward_both if forward_both_fn is None else forward_both_fn
         self.batch_statistics = batch_statistics
         super().__init__(
             device=device,
@@ -537,7 +534,7 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         # a group of one slice stays with the other group: BatchNorm may see a single value per channel at the
         # deepest level, which it refuses in training mode
         if engine.batch_statistics == "joint" or min(n_labeled, inputs.shape[0] - n_labeled) < 2:
-            return engine.forward_both_fn(engine.network, inputs)
+            return forward_both(engine.network, inputs)
         lab_idx, unl_idx = torch.nonzero(labeled).flatten(), torch.nonzero(~labeled).flatten()
         in_order = n_labeled == 0 or int(lab_idx[-1]) == n_labeled - 1  # labelled slices first (the sampler's layout)
         if in_order:
@@ -548,14 +545,12 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         if engine.batch_statistics == "separate_forwards":
             lab_x = inputs[:n_labeled] if gather is None else inputs[gather[:n_labeled]]
             unl_x = inputs[n_labeled:] if gather is None else inputs[gather[n_labeled:]]
-            lab_a, lab_b = engine.forward_both_fn(engine.network, lab_x)
-            unl_a, unl_b = engine.forward_both_fn(engine.network, unl_x)
+            lab_a, lab_b = forward_both(engine.network, lab_x)
+            unl_a, unl_b = forward_both(engine.network, unl_x)
             logits_a, logits_b = torch.cat([lab_a, unl_a]), torch.cat([lab_b, unl_b])
         else:
             with batch_norm_groups(engine._group_layers, (n_labeled, inputs.shape[0] - n_labeled)):
-                logits_a, logits_b = engine.forward_both_fn(
-                    engine.network, inputs if gather is None else inputs[gather]
-                )
+                logits_a, logits_b = forward_both(engine.network, inputs if gather is None else inputs[gather])
         if restore is None:
             return logits_a, logits_b
         # back to batch order with a differentiable gather

@@ -358,14 +358,14 @@ class CrossPseudoLabelLoss(_Loss):
     *other* branch's maximum softmax probability is below ``confidence_threshold`` (0 keeps every pixel). A part
     with nothing to average (no labelled / no unlabelled sample in the batch, or every pixel ignored) is an exact 0
     that is still connected to the graph, so ``backward()`` works on any batch. The soft Dice terms use
-    ``monai.losses.DiceLoss(softmax=True, to_onehot_y=True)`` on the labelled samples.
+    ``monai.losses.DiceLoss(softmax=True, to_onehot_y=True, include_background=False)`` on the labelled samples
+    (the foreground classes, as the metrics).
 
     Args:
         unlabeled_weight: weight ``>= 0`` of the cross pseudo-label term (after ramp-up).
         rampup_epochs: length of the sigmoid ramp-up of the unlabelled weight, in epochs (0: no ramp-up).
         confidence_threshold: in ``[0, 1)``; pseudo-labels whose confidence is below it are ignored.
         dice_weight: weight ``>= 0`` of the soft Dice terms on labelled samples (0: not computed).
-        include_background_dice: whether the Dice terms include the background class.
         check_values: also check the values of the inputs on every call (flags 0/1, label finite, integer and in
             ``[0, K)`` on labelled samples). Each check reads a device tensor on the host, a synchronisation per
             step on a GPU, so it is off by default: the bundles check labels on the data side
@@ -392,7 +392,6 @@ class CrossPseudoLabelLoss(_Loss):
         rampup_epochs: float = 0.0,
         confidence_threshold: float = 0.0,
         dice_weight: float = 0.0,
-        include_background_dice: bool = False,
         check_values: bool = False,
     ) -> None:
         super().__init__()
@@ -407,12 +406,9 @@ class CrossPseudoLabelLoss(_Loss):
         self.rampup_epochs = float(rampup_epochs)
         self.confidence_threshold = float(confidence_threshold)
         self.dice_weight = float(dice_weight)
-        self.include_background_dice = bool(include_background_dice)
         self.check_values = bool(check_values)
         # per-sample, per-class Dice, averaged here over the labelled samples with a mask (no host-side indexing)
-        self.dice = DiceLoss(
-            softmax=True, to_onehot_y=True, include_background=self.include_background_dice, reduction="none"
-        )
+        self.dice = DiceLoss(softmax=True, to_onehot_y=True, include_background=False, reduction="none")
 
     def unlabeled_weight_at(self, epoch: float | None = None) -> float:
         """``unlabeled_weight * sigmoid_rampup(epoch, rampup_epochs)`` (``epoch=None``: no ramp-up)."""

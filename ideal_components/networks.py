@@ -164,7 +164,7 @@ class TwoBranchFlexibleUNet(nn.Module):
     (``models/model.pt``) loads strictly into a FlexibleUNet with the same arguments, and ``forward`` returns its
     logits only, so this class can serve as a bundle ``network_def`` and with :class:`monai.inferers.SliceInferer`.
     ``decoder_b`` is a :class:`~monai.networks.nets.flexible_unet.UNetDecoder` built exactly like FlexibleUNet builds
-    its decoder but with ``upsample="nontrainable"`` and ``interp_mode`` interpolation (MONAI's default
+    its decoder but with ``upsample="nontrainable"`` and bilinear (trilinear in 3D) interpolation (MONAI's default
     ``align_corners``), followed by ``segmentation_head_b``. ``forward_both`` runs the encoder once and both decoders
     on the same features (the cross-pseudo-label stage).
 
@@ -180,7 +180,6 @@ class TwoBranchFlexibleUNet(nn.Module):
         act: activation of both decoders.
         dropout: dropout of both decoders.
         decoder_bias: bias of both decoders' convolutions.
-        interp_mode: interpolation of decoder B; ``"bilinear"`` becomes ``"trilinear"`` when ``spatial_dims=3``.
         is_pad: both decoders pad a feature map whose size is odd before concatenating it with the skip connection
             (FlexibleUNet's default), so that any input size works. Sizes divisible by 32 need no padding and give
             the same outputs with ``False``, which ``torch.compile`` needs (torch 2.13 cannot trace the backward of
@@ -209,7 +208,6 @@ class TwoBranchFlexibleUNet(nn.Module):
         act: str | tuple = _DEFAULT_ACT,
         dropout: float | tuple = 0.0,
         decoder_bias: bool = False,
-        interp_mode: str = "bilinear",
         is_pad: bool = True,
     ) -> None:
         super().__init__()
@@ -231,8 +229,6 @@ class TwoBranchFlexibleUNet(nn.Module):
             upsample="deconv",
             is_pad=is_pad,
         )
-        if spatial_dims == 3 and interp_mode == "bilinear":
-            interp_mode = "trilinear"
         feature_number = entry["feature_number"]
         dec_chns = decoder_channels[:feature_number]
         encoder_channels = tuple([in_channels] + list(entry["feature_channel"]))
@@ -247,7 +243,7 @@ class TwoBranchFlexibleUNet(nn.Module):
             bias=decoder_bias,
             upsample="nontrainable",
             pre_conv="default",
-            interp_mode=interp_mode,
+            interp_mode="trilinear" if spatial_dims == 3 else "bilinear",
             align_corners=None,
             is_pad=is_pad,
         )

@@ -17,7 +17,7 @@ from monai.handlers import CheckpointSaver, StatsHandler, from_engine
 from monai.utils import set_determinism
 
 from ideal_components.data.sampler import LabeledUnlabeledBatchSampler
-from ideal_components.engines import ContrastivePretrainTrainer, CrossPseudoLabelTrainer, default_forward_both
+from ideal_components.engines import ContrastivePretrainTrainer, CrossPseudoLabelTrainer, forward_both
 from ideal_components.losses import CrossPseudoLabelLoss, LocalContrastiveLoss
 from ideal_components.networks import DenseContrastiveNet, TwoBranchFlexibleUNet
 from ideal_components.transforms import EnsureLabeld
@@ -348,13 +348,13 @@ def test_forward_both_under_ddp(tmp_path):
         x = torch.rand(2, 1, SIZE, SIZE)
         plain = torch.nn.parallel.DistributedDataParallel(_NoBranchNet(torch.nn.Identity()))
         with pytest.raises(ValueError, match="bypass"):
-            default_forward_both(plain, x)
+            forward_both(plain, x)
         real = torch.nn.parallel.DistributedDataParallel(_seg_net())  # TwoBranchFlexibleUNet has forward(x, branch)
-        a, b = default_forward_both(real, x)
+        a, b = forward_both(real, x)
         assert a.shape == b.shape
         net = _BranchNet(in_channels=1, out_channels=3, backbone="resnet10", decoder_channels=(32, 16, 16, 8, 8))
         ddp = torch.nn.parallel.DistributedDataParallel(net)
-        a, b = default_forward_both(ddp, x)
+        a, b = forward_both(ddp, x)
         assert a.shape == b.shape == (2, 3, SIZE, SIZE)
         loader, _ = _seg_loader(_seg_items(n_lab=2, n_unl=2), batch_size=2, labeled_batch_size=1)
         trainer = CrossPseudoLabelTrainer(
