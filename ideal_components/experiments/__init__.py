@@ -1,6 +1,7 @@
 """Experiments: the label-fraction sweep (plan, run, results, paired comparisons) and the representation probe.
 
-- :mod:`.plan`: the methods and the steps of a sweep, with their ``monai.bundle run`` commands;
+- :mod:`.methods`: the methods compared and the configs of each; :mod:`.arguments`: the command-line values;
+- :mod:`.plan`: the steps of a sweep, with their ``monai.bundle run`` commands;
 - :mod:`.sweep`: runs a plan, resumably (``python -m ideal_components sweep``);
 - :mod:`.results`: the results table (Markdown, CSV) with per-cell intervals and the paper's numbers;
 - :mod:`.compare`: paired differences between methods, by seed;
@@ -12,22 +13,10 @@ The probe is imported on first use (it needs torch); the sweep's modules need on
 
 from __future__ import annotations
 
+from .arguments import parse_methods, parse_overrides, parse_seeds, parse_sweep_fractions
 from .compare import COMPARISONS, paired_differences, paired_markdown, t_interval
-from .plan import (
-    METHODS,
-    RESERVED_KEYS,
-    SHARED_KEYS,
-    MethodSpec,
-    SweepPlan,
-    SweepStep,
-    SweepStepError,
-    format_plan,
-    parse_methods,
-    parse_overrides,
-    parse_seeds,
-    parse_sweep_fractions,
-    plan_sweep,
-)
+from .methods import METHODS, MethodSpec
+from .plan import RESERVED_KEYS, SHARED_KEYS, SweepPlan, SweepStep, SweepStepError, format_plan, plan_sweep
 from .results import collect_results, results_csv, results_markdown, write_results
 from .sweep import sweep
 

@@ -1,6 +1,6 @@
 """Paired comparisons of sweep methods: does the dense local pre-training help, and with which fine-tuning?
 
-The methods of a sweep (:data:`~ideal_components.experiments.plan.METHODS`) share everything but one factor in
+The methods of a sweep (:data:`~ideal_components.experiments.methods.METHODS`) share everything but one factor in
 pairs: the pre-training (none, global, local) or the fine-tuning (supervised, cross pseudo-labels). Cells of the
 same label fraction and seed use the same data, labelled subset and seed, so their test Dice can be compared pair by
 pair, which removes the seed-to-seed spread that both share. :data:`COMPARISONS` lists the pairs that answer the

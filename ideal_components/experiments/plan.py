@@ -1,4 +1,4 @@
-"""Planning a label-fraction sweep: the methods, the command-line values, and the steps with their commands.
+"""Planning a label-fraction sweep: the steps and their commands.
 
 :func:`plan_sweep` turns the settings (bundle, fractions, methods, seeds, data, overrides) into a :class:`SweepPlan`:
 one :class:`SweepStep` per pre-training, fine-tuning and evaluation, each a ``python -m monai.bundle run`` command
@@ -7,9 +7,7 @@ with its bundle_root and whether it is already done. Nothing runs here (:mod:`.s
 
 from __future__ import annotations
 
-import ast
 import json
-import math
 import os
 import shlex
 import sys
@@ -20,21 +18,10 @@ from typing import Any
 
 from ideal_components.facts import PAPER_RESULTS
 
-__all__ = [
-    "METHODS",
-    "SHARED_KEYS",
-    "RESERVED_KEYS",
-    "MethodSpec",
-    "SweepStep",
-    "SweepPlan",
-    "SweepStepError",
-    "parse_methods",
-    "parse_seeds",
-    "parse_sweep_fractions",
-    "parse_overrides",
-    "plan_sweep",
-    "format_plan",
-]
+from .arguments import cli_args, parse_methods, parse_overrides, parse_seeds, parse_sweep_fractions
+from .methods import METHODS
+
+__all__ = ["SHARED_KEYS", "RESERVED_KEYS", "SweepStep", "SweepPlan", "SweepStepError", "plan_sweep", "format_plan"]
 
 SWEEP_FILE = "sweep.json"
 RESULTS_MD = "results.md"
@@ -44,53 +31,6 @@ ENCODER_REL = ("models", "pretrained_encoder.pt")
 SUMMARY_REL = ("eval", "metrics_summary.json")
 MODEL_REL = ("models", "model.pt")
 _SWEEP_VERSION = 1
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """How one method runs: the bundle configs of its pre-training (``None``: none) and of its fine-tuning.
-
-    ``pretrain_owner``: the method whose pre-training this one reuses (the same configs and overrides give the same
-    encoder, so it runs once per seed, under ``<owner>/seed<k>/pretrain``); ``None``: its own.
-    """
-
-    label: str
-    pretrain: tuple[str, ...] | None
-    finetune: tuple[str, ...]
-    description: str = ""
-    pretrain_owner: str | None = None
-
-
-#: the methods a sweep knows, in table order
-METHODS: dict[str, MethodSpec] = {
-    "supervised": MethodSpec(
-        "Supervised", None, ("train.json", "train_supervised.json"), "labelled slices only, random init"
-    ),
-    "global_cl": MethodSpec(
-        "Global CL",
-        ("pretrain.json", "pretrain_global.json"),
-        ("train.json", "train_supervised.json"),
-        "global contrastive pre-training, supervised fine-tuning",
-    ),
-    "global_cps": MethodSpec(
-        "Global CL + CPS",
-        ("pretrain.json", "pretrain_global.json"),
-        ("train.json",),
-        "global contrastive pre-training, cross-pseudo-label fine-tuning (ablation)",
-        pretrain_owner="global_cl",
-    ),
-    "local_cl": MethodSpec(
-        "Local CL",
-        ("pretrain.json",),
-        ("train.json", "train_supervised.json"),
-        "IDEAL's dense local pre-training, supervised fine-tuning (ablation)",
-        pretrain_owner="ideal",
-    ),
-    "ideal": MethodSpec(
-        "IDEAL", ("pretrain.json",), ("train.json",), "dense local pre-training, cross-pseudo-label fine-tuning"
-    ),
-    "cps": MethodSpec("CPS", None, ("train.json",), "cross-pseudo-label fine-tuning, random init (ablation)"),
-}
 
 #: ids that must be the same for pre-training and fine-tuning: taken from ``overrides`` for both phases
 SHARED_KEYS: tuple[str, ...] = ("backbone", "spatial_size", "num_workers")
@@ -180,128 +120,6 @@ class SweepPlan:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# argument parsing (python-fire turns "a,b" into a tuple and "0" into an int)
-# ----------------------------------------------------------------------------------------------------------------
-def _items(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [s.strip() for s in value.replace(";", ",").split(",") if s.strip()]
-    if isinstance(value, (list, tuple, set)):
-        out: list[Any] = []
-        for v in value:
-            out += _items(v) if isinstance(v, str) else [v]
-        return out
-    return [value]
-
-
-def parse_methods(methods: Any) -> list[str]:
-    """``"supervised,ideal"``, a tuple or a list -> method names (order kept, duplicates dropped).
-
-    Example:
-        >>> parse_methods(("Supervised", "global-cl", "ideal", "ideal"))
-        ['supervised', 'global_cl', 'ideal']
-    """
-    names: list[str] = []
-    for m in _items(methods):
-        name = str(m).strip().lower().replace("-", "_")
-        if name not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {list(METHODS)}.")
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise ValueError(f"no method given; choose from {list(METHODS)}.")
-    return names
-
-
-def parse_seeds(seeds: Any) -> list[int]:
-    """``0``, ``"0,1,2"``, ``(0, 1, 2)`` -> ``[0, 1, 2]`` (order kept, duplicates dropped).
-
-    Example:
-        >>> parse_seeds("0, 2,1"), parse_seeds(3), parse_seeds((0, "1"))
-        ([0, 2, 1], [3], [0, 1])
-    """
-    out: list[int] = []
-    for s in _items(seeds):
-        try:
-            f = float(s)
-        except (TypeError, ValueError):
-            raise ValueError(f"seed {s!r} is not an integer.") from None
-        if isinstance(s, bool) or not math.isfinite(f) or f != int(f) or f < 0:
-            raise ValueError(f"seed {s!r} must be a non-negative integer.")
-        if int(f) not in out:
-            out.append(int(f))
-    if not out:
-        raise ValueError("no seed given.")
-    return out
-
-
-def parse_sweep_fractions(fractions: Any, dataset: str | None = None) -> list[str]:
-    """Label fractions as sorted datalist key strings: ``"1.25,10"``, ``(1.25, 10)``, ``10`` or ``None``.
-
-    ``None`` means the dataset's published fractions (``dataset`` is then required).
-
-    Example:
-        >>> parse_sweep_fractions((10, "1.25", 100.0))
-        ['1.25', '10', '100']
-    """
-    from ideal_components.data.splits import parse_fractions
-
-    if fractions is None:
-        if dataset is None:
-            raise ValueError("give the label fractions (the dataset, hence its default fractions, is unknown).")
-        return parse_fractions(None, dataset)
-    items = _items(fractions)
-    if not items:
-        raise ValueError("no label fraction given.")
-    return parse_fractions([str(f).rstrip("%") for f in items], dataset or "acdc")
-
-
-def parse_overrides(overrides: Any, name: str = "overrides") -> dict[str, Any]:
-    """``None``, a dict or a Python-literal string (``"{'backbone': 'resnet18'}"``) -> a JSON-able dict.
-
-    Example:
-        >>> parse_overrides("{'spatial_size': (64, 64), 'max_epochs': 2}")
-        {'spatial_size': [64, 64], 'max_epochs': 2}
-    """
-    if overrides is None or (isinstance(overrides, str) and not overrides.strip()):
-        return {}
-    if isinstance(overrides, str):
-        try:
-            overrides = ast.literal_eval(overrides.strip())
-        except (ValueError, SyntaxError) as e:
-            raise ValueError(f"{name} must be a dict or a Python dict literal, got {overrides!r} ({e}).") from None
-    if not isinstance(overrides, Mapping):
-        raise ValueError(f"{name} must be a dict of bundle ids, got {type(overrides).__name__}: {overrides!r}.")
-    try:
-        return json.loads(json.dumps({str(k): v for k, v in overrides.items()}))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must hold plain values (numbers, strings, lists, dicts): {e}.") from None
-
-
-def _cli_literal(value: Any, top: bool = True) -> str:
-    """A value as ``monai.bundle run`` (python-fire) reads it back: strings bare, containers as Python literals."""
-    if isinstance(value, bool) or value is None:
-        return repr(value)
-    if isinstance(value, str):
-        return value if top else repr(value)
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_cli_literal(v, False) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{_cli_literal(str(k), False)}:{_cli_literal(v, False)}" for k, v in value.items()) + "}"
-    raise ValueError(f"cannot pass {value!r} on the command line.")
-
-
-def _cli_args(values: Mapping[str, Any]) -> list[str]:
-    args: list[str] = []
-    for k, v in values.items():
-        args += [f"--{k}", _cli_literal(v)]
-    return args
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # planning
 # ----------------------------------------------------------------------------------------------------------------
 def _dataset_name(bundle: Path, datalist: Path) -> str | None:
@@ -352,7 +170,7 @@ def _bundle_command(
     cmd = [str(python), "-m", "monai.bundle", "run", "--config_file", files]
     cmd += ["--meta_file", str(configs_dir / "metadata.json"), "--logging_file", str(configs_dir / "logging.conf")]
     cmd += ["--bundle_root", str(bundle_root)]
-    return cmd + _cli_args(args)
+    return cmd + cli_args(args)
 
 
 def _check_configs(configs_dir: Path, method_names: Sequence[str]) -> None:

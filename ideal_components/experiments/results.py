@@ -19,7 +19,8 @@ from ideal_components.reporting.tables import _fmt, _read_json
 from ideal_components.utils import atomic_write_text
 
 from .compare import paired_differences, paired_markdown, t_interval
-from .plan import METHODS, SUMMARY_REL, SweepPlan
+from .methods import METHODS
+from .plan import SUMMARY_REL, SweepPlan
 
 __all__ = ["collect_results", "results_markdown", "results_csv", "write_results"]
 

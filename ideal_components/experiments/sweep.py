@@ -55,9 +55,9 @@ from typing import Any
 from ideal_components.reporting.tables import ReportResult
 from ideal_components.utils import atomic_write_text, parse_bool
 
+from .methods import METHODS
 from .plan import (
     _SWEEP_VERSION,
-    METHODS,
     MODEL_REL,
     RESULTS_CSV,
     RESULTS_MD,

@@ -1,0 +1,57 @@
+"""The methods a sweep compares: which bundle configs pre-train and fine-tune each one (:data:`METHODS`).
+
+The pairs of methods that differ in one factor are compared in :mod:`.compare`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MethodSpec", "METHODS"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How one method runs: the bundle configs of its pre-training (``None``: none) and of its fine-tuning.
+
+    ``pretrain_owner``: the method whose pre-training this one reuses (the same configs and overrides give the same
+    encoder, so it runs once per seed, under ``<owner>/seed<k>/pretrain``); ``None``: its own.
+    """
+
+    label: str
+    pretrain: tuple[str, ...] | None
+    finetune: tuple[str, ...]
+    description: str = ""
+    pretrain_owner: str | None = None
+
+
+#: the methods a sweep knows, in table order
+METHODS: dict[str, MethodSpec] = {
+    "supervised": MethodSpec(
+        "Supervised", None, ("train.json", "train_supervised.json"), "labelled slices only, random init"
+    ),
+    "global_cl": MethodSpec(
+        "Global CL",
+        ("pretrain.json", "pretrain_global.json"),
+        ("train.json", "train_supervised.json"),
+        "global contrastive pre-training, supervised fine-tuning",
+    ),
+    "global_cps": MethodSpec(
+        "Global CL + CPS",
+        ("pretrain.json", "pretrain_global.json"),
+        ("train.json",),
+        "global contrastive pre-training, cross-pseudo-label fine-tuning (ablation)",
+        pretrain_owner="global_cl",
+    ),
+    "local_cl": MethodSpec(
+        "Local CL",
+        ("pretrain.json",),
+        ("train.json", "train_supervised.json"),
+        "IDEAL's dense local pre-training, supervised fine-tuning (ablation)",
+        pretrain_owner="ideal",
+    ),
+    "ideal": MethodSpec(
+        "IDEAL", ("pretrain.json",), ("train.json",), "dense local pre-training, cross-pseudo-label fine-tuning"
+    ),
+    "cps": MethodSpec("CPS", None, ("train.json",), "cross-pseudo-label fine-tuning, random init (ablation)"),
+}
