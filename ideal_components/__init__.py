@@ -17,6 +17,7 @@ _SUBMODULES = (
     "cpu",
     "distributed",
     "data",
+    "encoders",
     "engines",
     "evaluation",
     "experiments",

@@ -8,15 +8,13 @@ import pytest
 import torch
 from monai.networks.nets import FlexibleUNet
 
-from ideal_components.networks import (
-    DenseContrastiveNet,
-    DenseProjectionHead,
-    TwoBranchFlexibleUNet,
+from ideal_components.encoders import (
     build_flexunet_encoder,
     flexunet_encoder_channels,
     load_pretrained_encoder,
     save_encoder,
 )
+from ideal_components.networks import DenseContrastiveNet, DenseProjectionHead, TwoBranchFlexibleUNet
 
 BACKBONE = "resnet10"  # scriptable (shortcut type B) and small
 

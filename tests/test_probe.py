@@ -96,7 +96,8 @@ def test_same_encoder_gives_zero_differences(prepared, tmp_path):
 
 
 def test_encoder_file(prepared, tmp_path):
-    from ideal_components.networks import DenseContrastiveNet, save_encoder
+    from ideal_components.encoders import save_encoder
+    from ideal_components.networks import DenseContrastiveNet
 
     torch.manual_seed(7)  # the encoder is built first: the same weights as random:7
     net = DenseContrastiveNet(backbone="resnet10", momentum=0.0)

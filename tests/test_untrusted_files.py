@@ -12,8 +12,9 @@ import pytest
 import torch
 from monai.handlers import CheckpointLoader
 
+from ideal_components.encoders import load_pretrained_encoder
 from ideal_components.handlers import find_latest_checkpoint
-from ideal_components.networks import DenseContrastiveNet, load_pretrained_encoder
+from ideal_components.networks import DenseContrastiveNet
 
 REPO = Path(__file__).resolve().parents[1]
 

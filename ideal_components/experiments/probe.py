@@ -40,9 +40,9 @@ from monai.utils import convert_to_tensor
 from torch import nn
 from tqdm import tqdm
 
+from ideal_components.encoders import build_flexunet_encoder, flexunet_encoder_channels, load_pretrained_encoder
 from ideal_components.engines import overlapping_features, shift_image
 from ideal_components.losses import pretext_accuracy
-from ideal_components.networks import build_flexunet_encoder, flexunet_encoder_channels, load_pretrained_encoder
 from ideal_components.utils import atomic_write_text, parse_bool, parse_pair
 
 __all__ = ["probe"]
