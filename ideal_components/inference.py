@@ -86,7 +86,7 @@ class SegmentationOutputs:
 
     Example::
 
-        outputs = SegmentationOutputs("segs", "models/model.pt", "ideal_acdc", "0.4.0")
+        outputs = SegmentationOutputs("segs", "models/model.pt", "ideal_acdc", "0.5.0")
         todo = [item for item in datalist if not outputs.is_complete(item)]
         outputs.write(seg, affine, "scans/x.nii.gz")  # segs/x_seg.nii.gz + segs/x_seg.json
     """
