@@ -10,7 +10,10 @@ seed, and prints one JSON object ``stage -> sha256``. Run it before and after a 
 
 Only what is meant to be reproducible is hashed: the prepared volumes and datalists, the network weights (tensors,
 not the pickled file, whose bytes depend on the torch version's zip writer), the per-volume metrics CSVs and the
-inference outputs' voxels and affines. Logs, timestamps and provenance sidecars are not.
+inference outputs' voxels and affines. Logs, timestamps and provenance sidecars are not. Paths inside the hashed
+text files (the datalist's provenance, the metrics CSVs' ``filename`` column) are written relative to ``--out``, so
+runs in different folders compare. Floating-point results depend on the CPU's kernels and the installed versions:
+compare fingerprints made on the same machine and environment.
 """
 
 from __future__ import annotations
@@ -45,6 +48,15 @@ def _bundle(bundle: str, configs: list[str], root: Path, *args: str) -> None:
     _run("-m", "monai.bundle", "run", "--config_file", files, *meta, "--bundle_root", str(root), *args, cwd=root.parent)
 
 
+_OUT: list[str] = []  # the scratch folder, replaced by "<out>" in hashed text
+
+
+def _relative_text(text: str) -> bytes:
+    for root in _OUT:
+        text = text.replace(root, "<out>")
+    return text.encode()
+
+
 def _digest_files(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -53,6 +65,8 @@ def _digest_files(paths: list[Path]) -> str:
             img = nib.load(str(p))
             h.update(np.ascontiguousarray(np.asarray(img.dataobj)).tobytes())
             h.update(np.asarray(img.affine, dtype=np.float64).round(6).tobytes())
+        elif p.suffix in (".csv", ".json", ".cfg", ".txt"):
+            h.update(_relative_text(p.read_text(encoding="utf-8")))
         else:
             h.update(p.read_bytes())
     return h.hexdigest()
@@ -76,6 +90,7 @@ def fingerprint(out: Path) -> dict[str, str]:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    _OUT[:] = [str(out)]
     result: dict[str, str] = {}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -91,7 +106,7 @@ def fingerprint(out: Path) -> dict[str, str]:
     result["acdc_prepared"] = _digest_tree(prepared, "*.nii.gz")
     datalist = json.loads((prepared / "datalist.json").read_text())
     datalist.pop("preparation", None)  # provenance: paths and versions
-    result["acdc_datalist"] = hashlib.sha256(json.dumps(datalist, sort_keys=True).encode()).hexdigest()
+    result["acdc_datalist"] = hashlib.sha256(_relative_text(json.dumps(datalist, sort_keys=True))).hexdigest()
 
     data = ["--dataset_dir", str(prepared)]
     run.mkdir()
