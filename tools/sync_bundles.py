@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from monai.bundle import ConfigParser
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "bundles" / "ideal_acdc"
 TARGET = REPO / "bundles" / "ideal_mmwhs"
@@ -35,25 +37,17 @@ def config_text(config: Any) -> str:
 
 
 def set_id(config: Any, config_id: str, value: Any) -> None:
-    """Replace the value of the existing ``#``-separated id ``config_id`` (a list position is a number) in place.
+    """Replace the value of the existing ``#``-separated id ``config_id`` in place (MONAI's own id lookup).
 
     Raises:
-        KeyError: the id does not exist in ``config``.
+        KeyError: the id does not exist in ``config`` (a new id is refused: it would mean a renamed id in ACDC).
     """
-    *parents, last = config_id.split("#")
-    node = config
-    for key in parents:
-        node = _child(node, key, config_id)
-    _child(node, last, config_id)  # must exist
-    node[int(last) if isinstance(node, list) else last] = copy.deepcopy(value)
-
-
-def _child(node: Any, key: str, config_id: str) -> Any:
-    if isinstance(node, dict) and key in node:
-        return node[key]
-    if isinstance(node, list) and key.isdigit() and int(key) < len(node):
-        return node[int(key)]
-    raise KeyError(f"{config_id!r}: no {key!r} in the source config (was the id renamed in the ACDC bundle?)")
+    parser = ConfigParser(config)
+    try:
+        parser[config_id]
+    except (KeyError, IndexError, ValueError):
+        raise KeyError(f"{config_id!r}: not in the source config (was the id renamed in the ACDC bundle?)") from None
+    parser[config_id] = copy.deepcopy(value)
 
 
 def render(source: Path = SOURCE, target: Path = TARGET) -> dict[str, bytes]:
@@ -92,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = [name for name in stale if name not in wanted]
     if args.check:
         for name in stale:
-            print(
-                f"{where / name} is not what tools/sync_bundles.py writes ({'no such file in ' + str(SOURCE.relative_to(REPO) / 'configs') if name in extra else 'run it'})"
-            )
+            why = f"no such file in {SOURCE.relative_to(REPO) / 'configs'}" if name in extra else "run it"
+            print(f"{where / name} is not what tools/sync_bundles.py writes ({why})")
         return 1 if stale else 0
     for name in stale:
         if name in wanted:
