@@ -188,6 +188,22 @@ def test_supervised_config_is_built_for_supervised_training(bundle, prepared):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+def test_pretrain_loss_settings_reach_the_loss(bundle):
+    """``batch_negatives`` (off: the paper's negatives, other locations of the same image) and the loss's other ids."""
+    from monai.bundle import ConfigParser
+
+    for batch_negatives in (None, True):
+        parser = ConfigParser()
+        parser.read_config(configs(bundle, "pretrain.json"))
+        if batch_negatives is not None:
+            parser["batch_negatives"] = batch_negatives
+        parser.update({"temperature": 0.2, "max_locations": 64})
+        loss = parser.get_parsed_content("loss")
+        assert loss.batch_negatives is bool(batch_negatives)
+        assert (loss.temperature, loss.max_locations) == (0.2, 64)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_metadata_offline(bundle):
     meta = REPO / "bundles" / bundle / "configs" / "metadata.json"
     proc = subprocess.run(
@@ -305,8 +321,8 @@ def test_verify_net_in_out(bundle):
 @pytest.mark.slow
 def test_pretrain_paper_head_multi_level_on_cine_frames(tmp_path):
     """The paper's head (one 1x1 convolution) on several encoder levels runs from the bundle, here on the cine
-    frames' pre-training list; the pretext accuracy reaches TensorBoard; the saved encoder loads strictly into the
-    fine-tuning network."""
+    frames' pre-training list, with negatives from the other images; the pretext accuracy reaches TensorBoard; the
+    saved encoder loads strictly into the fine-tuning network."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
@@ -317,7 +333,8 @@ def test_pretrain_paper_head_multi_level_on_cine_frames(tmp_path):
     )  # fmt: skip
     items = json.loads((prepared / "datalist.json").read_text())["pretraining"]
     args = ["--dataset_dir", str(prepared), "--max_epochs", "1", "--feature_level", "[-1,-2]", "--head_layers", "1"]
-    out = run_bundle_ok("ideal_acdc", ["pretrain.json"], run, *TINY, *args, "--pretrain_list", "pretraining")
+    args += ["--pretrain_list", "pretraining", "--batch_negatives", "True"]  # and the harder pretext
+    out = run_bundle_ok("ideal_acdc", ["pretrain.json"], run, *TINY, *args)
     assert f"/{sum(item['num_slices'] for item in items)} " in out  # CacheDataset's progress: every cine slice
     events = EventAccumulator(str(run / "logs" / "pretrain"))
     events.Reload()
