@@ -2,7 +2,7 @@
 
 Run: ``.venv/bin/python benchmarks/demo_seeds.py --seeds 0,1,2 --arms constant,warmup_cosine`` (about 4 minutes per
 seed and arm on 2 CPU cores, plus one pre-training per seed). Resumable: a finished step is not run again. Prints a
-Markdown table and writes it to ``benchmarks/results/demo_seeds.md``.
+Markdown table and writes it to ``benchmarks/results/demo_seeds.md`` (``--results`` names another file).
 
 Every step is the ``make demo`` command (the same phantoms, preparation, overrides and bundle configs; see the
 ``demo`` target of the ``Makefile``) with ``--seed K``; the pre-training of seed ``K`` is run once and every arm of
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/demo_seeds")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--results", default="benchmarks/results/demo_seeds.md", help="the Markdown file written")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     raw, prepared = out / "raw", out / "prepared"
@@ -140,7 +141,7 @@ def main() -> None:
         *summary_rows,
         "",
     ]
-    atomic_write_text(str(REPO / "benchmarks" / "results" / "demo_seeds.md"), "\n".join(lines))
+    atomic_write_text(str(REPO / args.results), "\n".join(lines))
     print("\n".join(lines))
 
 
