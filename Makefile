@@ -38,8 +38,9 @@ DEMO_DIR ?= demo_output
 DEMO_PATIENTS ?= 20
 DEMO_FRACTION ?= 10
 DEMO_PRETRAIN_EPOCHS ?= 10
-# 32, not 16, by the rule fixed before its runs (benchmarks/results/demo_seeds_epochs32.md)
-DEMO_EPOCHS ?= 32
+# 24: 32 (benchmarks/results/demo_seeds_epochs32.md) ran over the 15-minute budget on a slower machine; 24 fits it
+# there and its worst seed reaches 0.85, the rule fixed before its runs (benchmarks/results/demo_seeds_epochs24.md)
+DEMO_EPOCHS ?= 24
 DEMO_SEED ?= 0
 DEMO_BUNDLE := bundles/ideal_acdc
 DEMO_RUN = $(PY) -m monai.bundle run --meta_file $(DEMO_BUNDLE)/configs/metadata.json \
