@@ -16,9 +16,8 @@ fixed before any of them was run:
 - ``epochs32``: ``--max_epochs 32`` (twice the demo's fine-tuning steps, still well inside its 15-minute budget),
   added after the 6 seeds of the other two arms had been seen, with its rule fixed before its runs: it becomes the
   demo's schedule if its worst seed (largest component kept) reaches 0.85, otherwise the demo keeps 16 epochs. It did
-  (worst seed 0.866, ``benchmarks/results/demo_seeds_epochs32.md``): ``make demo`` fine-tuned 32 epochs from then, and
-  ``constant`` / ``warmup_cosine`` are the 16-epoch schedule of version 0.6.0.
-  ``epochs32``'s "well inside its 15-minute budget" was not checked before its adoption, and it is wrong on a slower
+  (worst seed 0.866, ``benchmarks/results/demo_seeds_epochs32.md``), so ``make demo`` fine-tuned 32 epochs from then.
+  Its "well inside its 15-minute budget" was not checked before its adoption, and it is wrong on a slower
   machine of the same kind: a fresh-clone ``time make demo`` there took 15 min 58 s (and 15 min 54 s the session
   before), about 25 s per fine-tuning epoch (validation included) plus 159 s for the install, phantoms, preparation,
   pre-training and evaluation;
@@ -29,7 +28,7 @@ fixed before any of them was run:
   a measured fresh-clone ``time make demo`` with it on the slower machine takes at most 15 minutes; otherwise the demo
   goes back to the 16 epochs of version 0.6.0, which fit the time (5 of 6 seeds reaching 0.85). Both held: worst seed
   0.866 (``benchmarks/results/demo_seeds_epochs24.md``) and 11 min 13 s for the fresh clone (test Dice 0.878), so
-  ``make demo`` fine-tunes 24 epochs since.
+  ``make demo`` fine-tunes 24 epochs since. ``constant`` / ``warmup_cosine`` are the 16-epoch schedule of 0.6.0.
 
 Every arm is evaluated twice: the network's output, and with ``--keep_largest_component True`` (the largest 3D
 connected component of each structure kept, as ``make demo`` evaluates). That post-processing was added after seeds
