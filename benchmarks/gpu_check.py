@@ -13,7 +13,12 @@ channels-last as the bundles' default:
   bundles' pre-training settings);
 - inference: volumes per second of the bundles' ``SliceInferer`` over in-memory volumes (network only; the whole
   ``inference.json`` pipeline is ``benchmarks/bench_inference.py``);
-- peak device memory of each (``torch.cuda.max_memory_allocated``).
+- peak device memory of each (``torch.cuda.max_memory_allocated``);
+- channels-first rows of the CPL and plain steps, so that the channels-last default is a measured choice;
+- host synchronisations per iteration (``torch.cuda.set_sync_debug_mode("warn")``, one warning per blocking call)
+  of the CPL, pre-training and plain steps, with the batch as the bundles' loaders give it (pageable memory,
+  ``non_blocking=False``) and pinned with ``non_blocking=True``, and where each comes from. On the CPU (``--cpu``)
+  there is nothing to count; the CPU suite's proof is the ``meta``-device tests in ``tests/test_engines.py``.
 
 Step times: ``engine.run()`` of a one-iteration epoch between two ``torch.cuda.synchronize()``, after warm-up runs;
 medians. Writes ``benchmarks/results/gpu.md`` (``--output``).
@@ -26,6 +31,8 @@ import platform
 import statistics
 import sys
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -79,43 +86,109 @@ def time_runs(run, device: torch.device, warmup: int, repeats: int) -> tuple[flo
     return statistics.median(times), _peak_gib(device)
 
 
-def _net(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    return model.to(device, memory_format=torch.channels_last)
+def _net(model: torch.nn.Module, device: torch.device, channels_last: bool = True) -> torch.nn.Module:
+    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+
+def cpl_engine(cfg: dict, device: torch.device, amp: bool, mode: str = "per_group", channels_last: bool = True,
+               loader: list | None = None, **kwargs) -> CrossPseudoLabelTrainer:  # fmt: skip
+    torch.manual_seed(0)
+    net = _net(TwoBranchFlexibleUNet(out_channels=NUM_CLASSES, backbone=cfg["backbone"], is_pad=False), device,
+               channels_last)  # fmt: skip
+    loader = [make_batch(cfg["labeled"], cfg["unlabeled"], cfg["size"])] if loader is None else loader
+    return CrossPseudoLabelTrainer(
+        network=net, optimizer=torch.optim.Adam(net.parameters(), 1e-4), loss_function=CrossPseudoLabelLoss(),
+        batch_statistics=mode, device=device, max_epochs=1, epoch_length=len(loader), train_data_loader=loader,
+        amp=amp, **kwargs,
+    )  # fmt: skip
+
+
+def plain_engine(cfg: dict, device: torch.device, amp: bool, channels_last: bool = True, loader: list | None = None,
+                 **kwargs) -> SupervisedTrainer:  # fmt: skip
+    torch.manual_seed(0)
+    net = _net(FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv", is_pad=False), device,
+               channels_last)  # fmt: skip
+    loader = [make_batch(cfg["labeled"], cfg["unlabeled"], cfg["size"])] if loader is None else loader
+    return SupervisedTrainer(
+        network=net, optimizer=torch.optim.Adam(net.parameters(), 1e-4), device=device, max_epochs=1,
+        loss_function=DiceCELoss(lambda_dice=0.0, to_onehot_y=True, softmax=True), epoch_length=len(loader),
+        train_data_loader=loader, amp=amp, **kwargs,
+    )  # fmt: skip
+
+
+def pretrain_engine(cfg: dict, device: torch.device, amp: bool, loader: list | None = None,
+                    **kwargs) -> ContrastivePretrainTrainer:  # fmt: skip
+    if loader is None:
+        g = torch.Generator().manual_seed(0)
+        shape = (cfg["pretrain_batch"], 1, cfg["size"], cfg["size"])
+        loader = [{"image": torch.randn(*shape, generator=g), "image_view2": torch.randn(*shape, generator=g)}]
+    torch.manual_seed(0)
+    net = _net(DenseContrastiveNet(backbone=cfg["backbone"], feature_level=-2, momentum=0.99), device)
+    return ContrastivePretrainTrainer(
+        device=device, max_epochs=1, epoch_length=len(loader), train_data_loader=loader, network=net, amp=amp,
+        max_shift=2, optimizer=torch.optim.Adam(net.parameters(), 1e-5),
+        loss_function=LocalContrastiveLoss(max_locations=1024), **kwargs,
+    )  # fmt: skip
 
 
 def train_steps(cfg: dict, device: torch.device, amp: bool, args: argparse.Namespace) -> dict[str, tuple]:
-    batch = make_batch(cfg["labeled"], cfg["unlabeled"], cfg["size"])
-    common = dict(device=device, max_epochs=1, epoch_length=1, train_data_loader=[batch], amp=amp)
     out = {}
     for mode in ("per_group", "separate_forwards"):
-        torch.manual_seed(0)
-        net = _net(TwoBranchFlexibleUNet(out_channels=NUM_CLASSES, backbone=cfg["backbone"], is_pad=False), device)
-        engine = CrossPseudoLabelTrainer(
-            network=net, optimizer=torch.optim.Adam(net.parameters(), 1e-4), loss_function=CrossPseudoLabelLoss(),
-            batch_statistics=mode, **common,
-        )  # fmt: skip
-        out[f"CPL ({mode})"] = time_runs(engine.run, device, args.warmup, args.repeats)
-    torch.manual_seed(0)
-    net = _net(FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv", is_pad=False), device)
-    engine = SupervisedTrainer(
-        network=net, optimizer=torch.optim.Adam(net.parameters(), 1e-4),
-        loss_function=DiceCELoss(lambda_dice=0.0, to_onehot_y=True, softmax=True), **common,
-    )  # fmt: skip
-    out["plain SupervisedTrainer"] = time_runs(engine.run, device, args.warmup, args.repeats)
+        out[f"CPL ({mode})"] = time_runs(cpl_engine(cfg, device, amp, mode).run, device, args.warmup, args.repeats)
+    out["plain SupervisedTrainer"] = time_runs(plain_engine(cfg, device, amp).run, device, args.warmup, args.repeats)
+    first = cpl_engine(cfg, device, amp, channels_last=False)
+    out["CPL (per_group), channels-first"] = time_runs(first.run, device, args.warmup, args.repeats)
+    first = plain_engine(cfg, device, amp, channels_last=False)
+    out["plain SupervisedTrainer, channels-first"] = time_runs(first.run, device, args.warmup, args.repeats)
+    return out
+
+
+def count_host_syncs(run, iterations: int) -> tuple[float, Counter]:
+    """Blocking device-to-host waits per iteration of ``run()`` and the ``file:line`` each comes from.
+
+    ``torch.cuda.set_sync_debug_mode("warn")`` makes every synchronising CUDA call (``.item()``, ``nonzero``, a
+    ``non_blocking=False`` copy, ...) warn, and the warning names the Python line that made the call.
+    """
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchronizing" in str(w.message)]
+    return len(syncs) / iterations, Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
+
+
+def host_syncs(cfg: dict, device: torch.device, amp: bool, iterations: int = 4) -> dict[str, tuple[float, Counter]]:
+    """Syncs per iteration of each engine, fed as the bundles' loaders feed it and with pinned, non-blocking input."""
+    # the control: one `.item()` must count as one, or the detector is blind and every count below means nothing
+    out = {"control: one `.item()`": count_host_syncs(lambda: torch.ones(1, device=device).item(), 1)}
+    for pinned in (False, True):
+
+        def loader(batch: dict) -> list[dict]:
+            batch = {k: v.pin_memory() if pinned else v for k, v in batch.items()}
+            return [batch] * iterations
+
+        feed = "pinned, non_blocking" if pinned else "pageable, blocking copy"
+        cpl_batch = make_batch(cfg["labeled"], cfg["unlabeled"], cfg["size"])
+        g = torch.Generator().manual_seed(0)
+        shape = (cfg["pretrain_batch"], 1, cfg["size"], cfg["size"])
+        pre_batch = {"image": torch.randn(*shape, generator=g), "image_view2": torch.randn(*shape, generator=g)}
+        engines = {
+            "CPL (per_group)": cpl_engine(cfg, device, amp, loader=loader(cpl_batch), non_blocking=pinned),
+            "pre-training": pretrain_engine(cfg, device, amp, loader=loader(pre_batch), non_blocking=pinned),
+            "plain SupervisedTrainer": plain_engine(cfg, device, amp, loader=loader(cpl_batch), non_blocking=pinned),
+        }
+        for name, engine in engines.items():
+            engine.run()  # warm-up: cuDNN autotuning and the GradScaler's lazy set-up are one-off
+            out[f"{name}, {feed}"] = count_host_syncs(engine.run, iterations)
     return out
 
 
 def pretrain_step(cfg: dict, device: torch.device, amp: bool, args: argparse.Namespace) -> tuple:
-    g = torch.Generator().manual_seed(0)
-    shape = (cfg["pretrain_batch"], 1, cfg["size"], cfg["size"])
-    batch = {"image": torch.randn(*shape, generator=g), "image_view2": torch.randn(*shape, generator=g)}
-    torch.manual_seed(0)
-    net = _net(DenseContrastiveNet(backbone=cfg["backbone"], feature_level=-2, momentum=0.99), device)
-    engine = ContrastivePretrainTrainer(
-        device=device, max_epochs=1, epoch_length=1, train_data_loader=[batch], network=net, amp=amp, max_shift=2,
-        optimizer=torch.optim.Adam(net.parameters(), 1e-5), loss_function=LocalContrastiveLoss(max_locations=1024),
-    )  # fmt: skip
-    return time_runs(engine.run, device, args.warmup, args.repeats)
+    return time_runs(pretrain_engine(cfg, device, amp).run, device, args.warmup, args.repeats)
 
 
 def inference_rate(cfg: dict, device: torch.device, amp: bool, args: argparse.Namespace) -> tuple:
@@ -159,6 +232,22 @@ def report(device: torch.device, cfg: dict, results: dict, floor: float, wall: f
         lines.append(
             f"| inference (network + SliceInferer) | {'on' if amp else 'off'} | {rate:.1f} volumes/s | | {peak:.2f} |"
         )
+    lines += [
+        "",
+        'Host synchronisations per iteration (`torch.cuda.set_sync_debug_mode("warn")`, after a warm-up run):',
+        "",
+    ]
+    if device.type != "cuda":
+        lines.append("Not counted on the CPU (no CUDA stream to wait for); see the `meta`-device tests.")
+    else:
+        lines += [
+            "| step, input | AMP | syncs per iteration | from (file:line x count per run) |",
+            "|---|---|---:|---|",
+        ]
+        for amp in (False, True):
+            for what, (per_iter, where) in results[amp]["syncs"].items():
+                origin = ", ".join(f"{k} x{v}" for k, v in where.most_common()) or "none"
+                lines.append(f"| {what} | {'on' if amp else 'off'} | {per_iter:g} | {origin} |")
     lines += ["", f"Wall time: {wall:.0f} s."]
     return "\n".join(lines) + "\n"
 
@@ -188,6 +277,7 @@ def main(argv: list[str] | None = None) -> str:
             "train": train_steps(cfg, device, amp, args),
             "pretrain": pretrain_step(cfg, device, amp, args),
             "inference": inference_rate(cfg, device, amp, args),
+            "syncs": host_syncs(cfg, device, amp) if device.type == "cuda" else {},
         }
         print(f"AMP {'on' if amp else 'off'}: done", flush=True)
     text = report(device, cfg, results, floor, time.perf_counter() - t0, args)

@@ -565,6 +565,46 @@ def test_pretraining_iteration_never_reads_a_device_tensor_on_the_host():
     assert trainer.state.iteration == 2 and trainer.state.output["loss"].device == meta
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; the meta-device tests cover the CPU")
+@pytest.mark.parametrize("kind", ["cross_pseudo_label", "pretraining"])
+def test_cuda_iterations_never_block_the_host(kind):
+    """On a GPU, under ``torch.cuda.set_sync_debug_mode("error")`` every synchronising call raises: iterations fed
+    pinned batches with ``non_blocking=True`` (AMP off; a ``GradScaler`` reads its inf check once per step) run
+    without one, after a first run that sets up cuDNN."""
+    cuda = torch.device("cuda")
+    if kind == "cross_pseudo_label":
+        net = TwoBranchFlexibleUNet(out_channels=3, backbone="resnet10").to(cuda)
+        batch = {"image": torch.rand(4, 1, SIZE, SIZE), "label": torch.randint(0, 3, (4, 1, SIZE, SIZE)).float()}
+        batch["labeled"] = torch.tensor([0, 1, 1, 0])
+        loss = CrossPseudoLabelLoss(dice_weight=1.0, rampup_epochs=2, confidence_threshold=0.5)
+        make = CrossPseudoLabelTrainer
+    else:
+        net = DenseContrastiveNet(backbone="resnet10", feature_level=-2, momentum=0.99).to(cuda)
+        batch = {"image": torch.rand(4, 1, 64, 64), "image_view2": torch.rand(4, 1, 64, 64)}
+        loss = LocalContrastiveLoss(max_locations=8)
+        make = ContrastivePretrainTrainer
+    batch = {k: v.pin_memory() for k, v in batch.items()}
+    trainer = make(
+        device=cuda, max_epochs=1, train_data_loader=[batch] * 3, network=net, decollate=False, non_blocking=True,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3), loss_function=loss,
+    )  # fmt: skip
+    trainer.run()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.state.iteration == 3
+    # the detector works: a host read of the loss raises
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            trainer.state.output["loss"].item()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.slow
 def test_compile_option_gives_the_eager_step():
     """``compile=True`` (what the bundles' ``compile`` id sets) trains the same as eager, per-group BatchNorm
