@@ -105,6 +105,10 @@ class _GroupBatchNormMixin:
 
     #: sizes of the consecutive groups of the next forwards' batches; ``None``: the whole batch is one group
     group_sizes: tuple[int, ...] | None = None
+    #: how the groups are normalised: ``"slices"`` (the native kernels write into slices of one output, no copy of
+    #: the activations) or ``"concat"`` (the stock BatchNorm per group, cuDNN's on CUDA, then one concatenation);
+    #: ``None``: ``"slices"``. Both give the same numbers (``tests/test_batchnorm.py``).
+    implementation: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sizes = self.group_sizes
@@ -119,8 +123,11 @@ class _GroupBatchNormMixin:
                 f"Expected more than 1 value per channel when training, got groups {tuple(sizes)} of input size "
                 f"{tuple(x.shape)}."
             )
-        if torch.compiler.is_compiling():
-            # torch.compile traces the stock forward of each group (it fuses the concatenation itself)
+        impl = self.implementation or "slices"
+        if impl not in ("slices", "concat"):
+            raise ValueError(f"implementation must be 'slices', 'concat' or None, got {impl!r}.")
+        # torch.compile traces the stock forward of each group (it fuses the concatenation itself)
+        if impl == "concat" or torch.compiler.is_compiling():
             plain_forward = super().forward  # type: ignore[misc]
             return torch.cat([plain_forward(chunk) for chunk in x.split(list(sizes))])
         track = self.training and self.track_running_stats  # type: ignore[attr-defined]

@@ -28,16 +28,19 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "backbone,train,channels_last",
+    "backbone,train,channels_last,implementation",
     [
-        ("resnet18", True, False),
-        ("resnet18", False, False),
-        ("resnet50", True, False),
-        ("resnet50", False, False),
-        ("resnet18", True, True),  # the bundles' default memory format
+        ("resnet18", True, False, "slices"),
+        ("resnet18", False, False, "slices"),
+        ("resnet50", True, False, "slices"),
+        ("resnet50", False, False, "slices"),
+        ("resnet18", True, True, "slices"),  # the bundles' default memory format
+        ("resnet18", True, False, "concat"),
+        ("resnet50", True, True, "concat"),
     ],
 )
-def test_one_forward_equals_one_forward_per_group(backbone, train, channels_last):
+def test_one_forward_equals_one_forward_per_group(backbone, train, channels_last, implementation, monkeypatch):
+    monkeypatch.setattr(GroupBatchNorm2d, "implementation", implementation)
     torch.manual_seed(0)
     ref = TwoBranchFlexibleUNet(out_channels=4, backbone=backbone)
     # non-trivial running statistics and affine parameters, so eval mode is a real check too
@@ -123,3 +126,10 @@ def test_group_sizes_are_scoped_and_checked():
     assert isinstance(convert_group_batch_norm(torch.nn.BatchNorm2d(3)), GroupBatchNorm2d)
     sync = torch.nn.SyncBatchNorm(3)
     assert convert_group_batch_norm(sync) is sync
+
+
+def test_unknown_implementation_is_refused(monkeypatch):
+    net = convert_group_batch_norm(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)))
+    monkeypatch.setattr(GroupBatchNorm2d, "implementation", "fused")
+    with batch_norm_groups(net, (2, 2)), pytest.raises(ValueError, match="'slices', 'concat' or None, got 'fused'"):
+        net(torch.rand(4, 1, 8, 8))

@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.sh runs end to end (on the CPU at tiny size, as the issue asks; on a GPU it writes
-benchmarks/results/gpu.md)."""
+"""benchmarks/gpu_check.sh and benchmarks/bench_gpu_options.py run end to end (on the CPU at tiny size; on a GPU
+they write benchmarks/results/gpu.md and gpu_options.md)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,18 @@ def test_gpu_check_refuses_to_run_without_a_gpu():
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0 and "no CUDA device" in proc.stderr
+
+
+def test_gpu_options_script_runs_on_cpu(tmp_path):
+    out = tmp_path / "gpu_options.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu_options.py"), "--cpu", "--output", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    # every step variant with AMP off / on and both memory formats
+    for row in ("plain SupervisedTrainer", "CPL per_group, slices", "CPL per_group, concat", "CPL separate_forwards"):
+        assert text.count(f"| {row} |") == 4, row
+    assert text.count("| as the bundles: decollate, blocking copy, loss logging |") == 1
+    assert "## Inference" in text and text.count("|") > 100
