@@ -27,6 +27,7 @@ medians. Writes ``benchmarks/results/gpu.md`` (``--output``).
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
 import statistics
 import sys
@@ -75,6 +76,9 @@ def time_runs(run, device: torch.device, warmup: int, repeats: int) -> tuple[flo
     for _ in range(warmup):
         run()
     _sync(device)
+    # engines timed before are unreachable but not yet freed (ignite engines hold reference cycles): without a
+    # collection their networks and optimiser states would count in this peak
+    gc.collect()
     _reset_peak(device)
     times = []
     for _ in range(repeats):

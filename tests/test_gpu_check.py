@@ -51,3 +51,25 @@ def test_gpu_options_script_runs_on_cpu(tmp_path):
         assert text.count(f"| {row} |") == 4, row
     assert text.count("| as the bundles: decollate, blocking copy, loss logging |") == 1
     assert "## Inference" in text and text.count("|") > 100
+
+
+def test_time_runs_frees_engines_timed_before(monkeypatch):
+    """An engine timed earlier is unreachable but kept by its reference cycles until a collection; its network must
+    not count in the next peak-memory figure, so ``time_runs`` collects before it resets the peak."""
+    import gc
+    import weakref
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check
+
+    gc.disable()
+    try:
+        engine = gpu_check.cpl_engine(gpu_check.SIZES["cpu"], torch.device("cpu"), False)
+        engine.run()
+        network = weakref.ref(engine.network)
+        del engine
+        assert network() is not None  # the cycle keeps it
+        gpu_check.time_runs(lambda: None, torch.device("cpu"), warmup=0, repeats=1)
+        assert network() is None
+    finally:
+        gc.enable()
