@@ -5,9 +5,10 @@ both groups with the statistics of the mixed batch biases them (see
 :class:`~ideal_components.engines.CrossPseudoLabelTrainer`), so each group must be normalised with its own batch
 statistics. Two forwards (one per group) do that but split every convolution into two half batches, which wastes
 the parallelism of the whole batch, on a GPU most of all. :class:`GroupBatchNorm2d` (and its 1D / 3D versions)
-runs the convolutions once on the whole batch and only the normalisation per group, with PyTorch's own kernels
-writing into slices of one output: the outputs, the loss and every gradient equal those of one forward per group
-(``tests/test_batchnorm.py`` checks 1e-5 on ResNet18 and ResNet50).
+runs the convolutions once on the whole batch and only the normalisation per group: on the CPU with PyTorch's own
+kernels writing into slices of one output, on CUDA with cuDNN's BatchNorm per group and one concatenation (fewer
+kernel launches; :func:`default_implementation` says why). The outputs, the loss and every gradient equal those of
+one forward per group (``tests/test_batchnorm.py`` checks 1e-5 on ResNet18 and ResNet50, both implementations).
 
 Running statistics: in training mode each group updates the running mean and variance in turn, in batch order
 (the labelled group first when the trainer sorts the batch), exactly as one forward per group would: with momentum
@@ -39,6 +40,7 @@ __all__ = [
     "GroupBatchNorm1d",
     "GroupBatchNorm2d",
     "GroupBatchNorm3d",
+    "default_implementation",
     "convert_group_batch_norm",
     "batch_norm_groups",
     "group_batch_norm_layers",
@@ -100,6 +102,23 @@ class _GroupBatchNormFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
+def default_implementation(device_type: str) -> str:
+    """The per-group BatchNorm implementation used on a device type when none is set.
+
+    ``"slices"`` on the CPU, where writing into slices of one output saves a copy of every activation (10 % of a
+    ResNet50 step, ``benchmarks/results/train_step.md``); ``"concat"`` elsewhere: on CUDA the step is bound by
+    kernel launches and Python overhead at the bundles' sizes, and cuDNN's BatchNorm per group plus one
+    concatenation took 0.65-0.85x the time of ``"slices"`` on an H200 (``benchmarks/results/gpu_options.md``);
+    other devices get the stock kernels, which every backend has.
+
+    Example::
+
+        >>> default_implementation("cpu"), default_implementation("cuda")
+        ('slices', 'concat')
+    """
+    return "slices" if device_type == "cpu" else "concat"
+
+
 class _GroupBatchNormMixin:
     """``forward`` normalises each group of ``group_sizes`` (contiguous along the batch axis) on its own."""
 
@@ -107,7 +126,8 @@ class _GroupBatchNormMixin:
     group_sizes: tuple[int, ...] | None = None
     #: how the groups are normalised: ``"slices"`` (the native kernels write into slices of one output, no copy of
     #: the activations) or ``"concat"`` (the stock BatchNorm per group, cuDNN's on CUDA, then one concatenation);
-    #: ``None``: ``"slices"``. Both give the same numbers (``tests/test_batchnorm.py``).
+    #: ``None``: :func:`default_implementation` of the input's device. Both give the same numbers
+    #: (``tests/test_batchnorm.py``).
     implementation: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +143,7 @@ class _GroupBatchNormMixin:
                 f"Expected more than 1 value per channel when training, got groups {tuple(sizes)} of input size "
                 f"{tuple(x.shape)}."
             )
-        impl = self.implementation or "slices"
+        impl = self.implementation or default_implementation(x.device.type)
         if impl not in ("slices", "concat"):
             raise ValueError(f"implementation must be 'slices', 'concat' or None, got {impl!r}.")
         # torch.compile traces the stock forward of each group (it fuses the concatenation itself)

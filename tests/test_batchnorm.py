@@ -11,8 +11,10 @@ from monai.networks.nets import FlexibleUNet
 
 from ideal_components.batchnorm import (
     GroupBatchNorm2d,
+    _GroupBatchNormFunction,
     batch_norm_groups,
     convert_group_batch_norm,
+    default_implementation,
     group_batch_norm_layers,
 )
 from ideal_components.losses import CrossPseudoLabelLoss
@@ -133,3 +135,22 @@ def test_unknown_implementation_is_refused(monkeypatch):
     monkeypatch.setattr(GroupBatchNorm2d, "implementation", "fused")
     with batch_norm_groups(net, (2, 2)), pytest.raises(ValueError, match="'slices', 'concat' or None, got 'fused'"):
         net(torch.rand(4, 1, 8, 8))
+
+
+def test_implementation_follows_the_device_unless_set(monkeypatch):
+    assert default_implementation("cpu") == "slices"
+    assert default_implementation("cuda") == "concat"  # measured faster there (benchmarks/results/gpu_options.md)
+    net = convert_group_batch_norm(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)))
+    calls = []
+    original = _GroupBatchNormFunction.apply
+    monkeypatch.setattr(_GroupBatchNormFunction, "apply", lambda *a: calls.append(1) or original(*a))
+    x = torch.rand(4, 1, 8, 8)
+    with batch_norm_groups(net, (2, 2)):
+        net(x)
+        assert calls == [1]  # the CPU default: slices
+        monkeypatch.setattr("ideal_components.batchnorm.default_implementation", lambda device_type: "concat")
+        net(x)
+        assert calls == [1]  # as on CUDA: the stock forward per group
+        monkeypatch.setattr(GroupBatchNorm2d, "implementation", "slices")
+        net(x)
+        assert calls == [1, 1]  # a set implementation wins over the device's
