@@ -204,6 +204,22 @@ def test_pretrain_loss_settings_reach_the_loss(bundle):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize("name", ["pretrain.json", "train.json", "inference.json"])
+def test_amp_default_follows_the_gpu(bundle, name, monkeypatch):
+    """AMP is on by default only on CUDA GPUs before Ampere (compute capability < 8), whose float32 convolutions have
+    no tensor cores; from Ampere on cuDNN's float32 convolutions use TF32 tensor cores, and on an H200 AMP made the
+    steps and inference slower (benchmarks/results/gpu_options.md). Float32 on the CPU."""
+    from monai.bundle import ConfigParser
+
+    for capability, expected in {None: False, (7, 0): True, (7, 5): True, (8, 0): False, (9, 0): False}.items():
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        parser = ConfigParser()
+        parser.read_config(configs(bundle, name)[0])
+        assert parser.get_parsed_content("amp") is expected, capability
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_metadata_offline(bundle):
     meta = REPO / "bundles" / bundle / "configs" / "metadata.json"
     proc = subprocess.run(
