@@ -3,8 +3,8 @@
 Run through ``benchmarks/gpu_check.sh`` (about 2-4 minutes on a recent GPU; under 8 by design) or, to check that the
 script works without a GPU, ``benchmarks/gpu_check.sh --cpu`` (tiny sizes, seconds; run by the test suite).
 
-Measured, each with AMP off and on (``torch.autocast`` float16 + GradScaler, as the bundles' ``amp`` on CUDA),
-channels-last as the bundles' default:
+Measured, each with AMP off and on (``torch.autocast`` float16 + GradScaler, the bundles' ``amp`` on CUDA GPUs
+before Ampere), channels-last as the bundles' default:
 
 - the cross-pseudo-label step (``CrossPseudoLabelTrainer``, ``batch_statistics="per_group"`` and
   ``"separate_forwards"``) against a MONAI ``SupervisedTrainer`` step (FlexibleUNet, cross-entropy) on the same
