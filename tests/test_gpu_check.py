@@ -30,9 +30,10 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine would run the real check")
-def test_gpu_check_refuses_to_run_without_a_gpu():
+@pytest.mark.parametrize("script", ["gpu_check.py", "bench_gpu_options.py"])
+def test_gpu_scripts_refuse_to_run_without_a_gpu(script):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--output", ""],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--output", ""],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0 and "no CUDA device" in proc.stderr
