@@ -34,11 +34,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train_step import NUM_CLASSES, make_batch  # noqa: E402
-from gpu_check import _net, _sync, cpl_engine, plain_engine, time_runs  # noqa: E402
+from bench_train_step import make_batch  # noqa: E402
+from gpu_check import (  # noqa: E402
+    _sync,
+    cpl_engine,
+    inference_rate,
+    parse_device_args,
+    plain_engine,
+    time_runs,
+    write_report,
+)
 from ignite.engine import Events  # noqa: E402
-from monai.inferers import SliceInferer  # noqa: E402
-from monai.networks.nets import FlexibleUNet  # noqa: E402
 
 from ideal_components.batchnorm import GroupBatchNorm2d  # noqa: E402
 
@@ -113,20 +119,10 @@ def epoch_throughput(cfg: dict, device: torch.device, args: argparse.Namespace, 
 
 def inference_rates(cfg: dict, device: torch.device, args: argparse.Namespace) -> list[tuple]:
     rows = []
-    volume = torch.randn(1, 1, cfg["size"], cfg["size"], cfg["slices"], device=device)
-    inferer = SliceInferer(roi_size=(cfg["size"], cfg["size"]), sw_batch_size=4, spatial_dim=2)
     for amp in (False, True):
         for channels_last in (True, False):
-            torch.manual_seed(0)
-            net = FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv")
-            net = _net(net, device, channels_last).eval()
-
-            def run() -> None:
-                with torch.no_grad(), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-                    inferer(volume, net).softmax(1).argmax(1)
-
-            sec, peak = time_runs(run, device, args.warmup, args.repeats)
-            rows.append((amp, channels_last, 1.0 / sec, peak))
+            rate, peak = inference_rate(cfg, device, amp, args, channels_last)
+            rows.append((amp, channels_last, rate, peak))
     return rows
 
 
@@ -166,37 +162,21 @@ def report(device: torch.device, cfg: dict, steps, epochs, infer, implementation
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU: checks that the script runs")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3 on GPU, 1 on CPU)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 10 on GPU, 1 on CPU)")
     parser.add_argument("--iterations", type=int, default=None, help="iterations per throughput epoch (20 / 2)")
     parser.add_argument("--epochs", type=int, default=3, help="timed throughput epochs")
     parser.add_argument(
         "--implementation", default="concat", choices=("slices", "concat"), help="per-group BatchNorm of part 2"
     )
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "gpu_options.md"))
-    args = parser.parse_args(argv)
-    if not args.cpu and not torch.cuda.is_available():
-        parser.error("no CUDA device: run on a GPU machine, or with --cpu to check the script itself")
-    device = torch.device("cpu" if args.cpu else "cuda")
-    args.warmup = (1 if args.cpu else 3) if args.warmup is None else args.warmup
-    args.repeats = (1 if args.cpu else 10) if args.repeats is None else args.repeats
+    args, device = parse_device_args(parser, argv, "gpu_options.md", warmup=(3, 1), repeats=(10, 1))
     args.iterations = (2 if args.cpu else 20) if args.iterations is None else args.iterations
     cfg = SIZES["cpu" if args.cpu else "gpu"]
-    torch.backends.cudnn.benchmark = True
     t0 = time.perf_counter()
     infer = inference_rates(cfg, device, args)
     epochs = epoch_throughput(cfg, device, args, args.implementation)
     steps = step_times(cfg, device, args)
     _sync(device)
     text = report(device, cfg, steps, epochs, infer, args.implementation, time.perf_counter() - t0, args)
-    print(text)
-    if args.output:
-        from ideal_components.utils import atomic_write_text
-
-        atomic_write_text(args.output, text)
-        print(f"written to {args.output}")
-    return text
+    return write_report(text, args.output)
 
 
 if __name__ == "__main__":

@@ -195,9 +195,13 @@ def pretrain_step(cfg: dict, device: torch.device, amp: bool, args: argparse.Nam
     return time_runs(pretrain_engine(cfg, device, amp).run, device, args.warmup, args.repeats)
 
 
-def inference_rate(cfg: dict, device: torch.device, amp: bool, args: argparse.Namespace) -> tuple:
+def inference_rate(
+    cfg: dict, device: torch.device, amp: bool, args: argparse.Namespace, channels_last: bool = True
+) -> tuple:
+    """(volumes per second of the network under the bundles' ``SliceInferer``, peak memory GiB)."""
     torch.manual_seed(0)
-    net = _net(FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv"), device).eval()
+    net = FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv")
+    net = _net(net, device, channels_last).eval()
     inferer = SliceInferer(roi_size=(cfg["size"], cfg["size"]), sw_batch_size=4, spatial_dim=2)
     volume = torch.randn(1, 1, cfg["size"], cfg["size"], cfg["slices"], device=device)
 
@@ -256,20 +260,45 @@ def report(device: torch.device, cfg: dict, results: dict, floor: float, wall: f
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_device_args(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    output: str,
+    warmup: tuple[int, int],
+    repeats: tuple[int, int],
+) -> tuple[argparse.Namespace, torch.device]:
+    """Add ``--cpu``, ``--warmup``, ``--repeats`` and ``--output`` to ``parser``, parse ``argv`` and refuse a GPU run
+    without CUDA. ``warmup`` / ``repeats``: defaults as (GPU, ``--cpu``). Returns (args, device)."""
     parser.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU: checks that the script runs")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 5 on GPU, 1 on CPU)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 20 on GPU, 2 on CPU)")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "gpu.md"))
+    parser.add_argument("--warmup", type=int, default=None, help=f"untimed runs first (default {warmup[0]} on GPU, "
+                        f"{warmup[1]} on CPU)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=None, help=f"timed runs (default {repeats[0]} on GPU, "
+                        f"{repeats[1]} on CPU)")  # fmt: skip
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / output))
     args = parser.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA device: run on a GPU machine, or with --cpu to check the script itself")
-    device = torch.device("cpu" if args.cpu else "cuda")
-    args.warmup = (1 if args.cpu else 5) if args.warmup is None else args.warmup
-    args.repeats = (2 if args.cpu else 20) if args.repeats is None else args.repeats
-    cfg = SIZES["cpu" if args.cpu else "gpu"]
+    args.warmup = warmup[args.cpu] if args.warmup is None else args.warmup
+    args.repeats = repeats[args.cpu] if args.repeats is None else args.repeats
     torch.backends.cudnn.benchmark = True
+    return args, torch.device("cpu" if args.cpu else "cuda")
+
+
+def write_report(text: str, output: str) -> str:
+    """Print ``text`` and write it atomically to ``output`` (nothing written when ``output`` is empty)."""
+    print(text)
+    if output:
+        from ideal_components.utils import atomic_write_text
+
+        atomic_write_text(output, text)
+        print(f"written to {output}")
+    return text
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args, device = parse_device_args(parser, argv, "gpu.md", warmup=(5, 1), repeats=(20, 2))
+    cfg = SIZES["cpu" if args.cpu else "gpu"]
     t0 = time.perf_counter()
     x = make_batch(cfg["labeled"], cfg["unlabeled"], cfg["size"])["image"]
     two = TwoBranchFlexibleUNet(out_channels=NUM_CLASSES, backbone=cfg["backbone"])
@@ -284,14 +313,7 @@ def main(argv: list[str] | None = None) -> str:
             "syncs": host_syncs(cfg, device, amp) if device.type == "cuda" else {},
         }
         print(f"AMP {'on' if amp else 'off'}: done", flush=True)
-    text = report(device, cfg, results, floor, time.perf_counter() - t0, args)
-    print(text)
-    if args.output:
-        from ideal_components.utils import atomic_write_text
-
-        atomic_write_text(args.output, text)
-        print(f"written to {args.output}")
-    return text
+    return write_report(report(device, cfg, results, floor, time.perf_counter() - t0, args), args.output)
 
 
 if __name__ == "__main__":
