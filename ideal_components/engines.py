@@ -50,7 +50,37 @@ __all__ = [
     "shift_image",
     "overlapping_features",
     "BATCH_STATISTICS",
+    "default_amp",
 ]
+
+
+def default_amp(device: torch.device | str) -> bool:
+    """Whether the bundles train and infer with mixed precision (``amp``) by default on ``device``.
+
+    - CPU (and other non-CUDA devices): no, float32.
+    - CUDA GPUs before Ampere (compute capability < 8): yes. Their float32 convolutions have no tensor cores;
+      float16 is the way to them (reasoned, not measured here).
+    - CUDA GPUs from Ampere on: no. cuDNN already runs float32 convolutions on TF32 tensor cores, and on an H200 at
+      ACDC's defaults AMP was never faster: the fine-tuning step was 1.02-1.52x slower with it in two runs,
+      inference slower too (``benchmarks/results/gpu_options.md``, ``gpu.md``). One GPU: a slower one may rank
+      them differently, and ``benchmarks/bench_gpu_options.py`` measures yours. ``--amp True`` turns it on.
+    - ROCm (``torch.version.hip``): yes, as before this rule; its capabilities are not NVIDIA's and were not measured.
+
+    Args:
+        device: the device of the run, a ``torch.device`` or its string (``"cuda:1"``, ``"cpu"``).
+
+    Example::
+
+        >>> default_amp("cpu")
+        False
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    if torch.version.hip is not None:
+        return True
+    return torch.cuda.get_device_capability(device)[0] < 8
+
 
 #: how :class:`CrossPseudoLabelTrainer` gives the labelled and the unlabelled slices their BatchNorm statistics
 BATCH_STATISTICS = ("per_group", "separate_forwards", "joint")

@@ -206,17 +206,24 @@ def test_pretrain_loss_settings_reach_the_loss(bundle):
 @pytest.mark.parametrize("bundle", BUNDLES)
 @pytest.mark.parametrize("name", ["pretrain.json", "train.json", "inference.json"])
 def test_amp_default_follows_the_gpu(bundle, name, monkeypatch):
-    """AMP is on by default only on CUDA GPUs before Ampere (compute capability < 8), whose float32 convolutions have
-    no tensor cores; from Ampere on cuDNN's float32 convolutions use TF32 tensor cores, and on an H200 AMP made the
-    steps and inference slower (benchmarks/results/gpu_options.md). Float32 on the CPU."""
+    """``amp`` is ``ideal_components.engines.default_amp(@device)``: on for CUDA GPUs before Ampere (compute capability
+    < 8) and on ROCm, off from Ampere on (benchmarks/results/gpu_options.md) and on the CPU, also when ``device`` is
+    overridden with a string on the command line."""
     from monai.bundle import ConfigParser
 
-    for capability, expected in {None: False, (7, 0): True, (7, 5): True, (8, 0): False, (9, 0): False}.items():
+    def amp(capability, hip=None, device=None):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.version, "hip", hip)
         parser = ConfigParser()
         parser.read_config(configs(bundle, name)[0])
-        assert parser.get_parsed_content("amp") is expected, capability
+        if device is not None:
+            parser["device"] = device
+        return parser.get_parsed_content("amp")
+
+    assert [amp(c) for c in (None, (7, 0), (7, 5), (8, 0), (9, 0))] == [False, True, True, False, False]
+    assert amp((9, 0), hip="6.2") is True
+    assert amp((9, 0), device="cpu") is False and amp((7, 0), device="cuda:0") is True
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
