@@ -154,3 +154,28 @@ def test_implementation_follows_the_device_unless_set(monkeypatch):
         monkeypatch.setattr(GroupBatchNorm2d, "implementation", "slices")
         net(x)
         assert calls == [1, 1]  # a set implementation wins over the device's
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("implementation", ["slices", "concat"])
+def test_cuda_one_forward_equals_one_forward_per_group(implementation, monkeypatch):
+    """The same equality on CUDA (cuDNN's kernels for the reference, float32 with TF32 off so that only the method's
+    differences remain), training mode, channels-last as the bundles."""
+    monkeypatch.setattr(GroupBatchNorm2d, "implementation", implementation)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    ref = TwoBranchFlexibleUNet(out_channels=4, backbone="resnet18").cuda().to(memory_format=torch.channels_last)
+    grouped = convert_group_batch_norm(copy.deepcopy(ref))
+    x = torch.randn(8, 1, 64, 64, device="cuda")
+    lab_a, _ = ref.forward_both(x[:3])
+    unl_a, _ = ref.forward_both(x[3:])
+    expected = torch.cat([lab_a, unl_a])
+    expected.square().mean().backward()
+    with batch_norm_groups(grouped, (3, 5)):
+        got, _ = grouped.forward_both(x)
+    got.square().mean().backward()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    named_ref = dict(ref.named_parameters())
+    for name, p in grouped.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, named_ref[name].grad, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")

@@ -16,6 +16,7 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver, StatsHandler, from_engine
 from monai.utils import set_determinism
 
+from ideal_components.batchnorm import GroupBatchNorm2d
 from ideal_components.data.sampler import LabeledUnlabeledBatchSampler
 from ideal_components.engines import ContrastivePretrainTrainer, CrossPseudoLabelTrainer, forward_both
 from ideal_components.losses import CrossPseudoLabelLoss, LocalContrastiveLoss
@@ -530,11 +531,16 @@ def test_pretrain_shift_is_limited_on_tiny_maps():
     assert np.isfinite(float(trainer.state.output["loss"]))
 
 
-@pytest.mark.parametrize("batch_statistics", ["per_group", "separate_forwards", "joint"])
-def test_iterations_never_read_a_device_tensor_on_the_host(batch_statistics):
+@pytest.mark.parametrize(
+    "batch_statistics,implementation",
+    [("per_group", "slices"), ("per_group", "concat"), ("separate_forwards", None), ("joint", None)],
+)
+def test_iterations_never_read_a_device_tensor_on_the_host(batch_statistics, implementation, monkeypatch):
     """On the ``meta`` device every host read (``.item()``, ``bool(t)``, ``int(t)``, ``.tolist()``, ``nonzero``,
     ``.cpu()``) raises, so an iteration that runs there has no device-to-host synchronisation per step (what a GPU
-    would wait for). The flags are read on the host from the loader's CPU tensor."""
+    would wait for). The flags are read on the host from the loader's CPU tensor. Both per-group BatchNorm
+    implementations (the CPU's and the GPU's default)."""
+    monkeypatch.setattr(GroupBatchNorm2d, "implementation", implementation)
     meta = torch.device("meta")
     net = TwoBranchFlexibleUNet(out_channels=3, backbone="resnet10").to(meta)
     flags = torch.tensor([0, 1, 1, 0, 0])  # out of order: the gather / restore path
@@ -566,11 +572,14 @@ def test_pretraining_iteration_never_reads_a_device_tensor_on_the_host():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; the meta-device tests cover the CPU")
-@pytest.mark.parametrize("kind", ["cross_pseudo_label", "pretraining"])
-def test_cuda_iterations_never_block_the_host(kind):
+@pytest.mark.parametrize(
+    "kind,implementation", [("cross_pseudo_label", "concat"), ("cross_pseudo_label", "slices"), ("pretraining", None)]
+)
+def test_cuda_iterations_never_block_the_host(kind, implementation, monkeypatch):
     """On a GPU, under ``torch.cuda.set_sync_debug_mode("error")`` every synchronising call raises: iterations fed
     pinned batches with ``non_blocking=True`` (AMP off; a ``GradScaler`` reads its inf check once per step) run
-    without one, after a first run that sets up cuDNN."""
+    without one, after a first run that sets up cuDNN. (Ran on an H200 with ``slices``, before ``concat`` existed.)"""
+    monkeypatch.setattr(GroupBatchNorm2d, "implementation", implementation)
     cuda = torch.device("cuda")
     if kind == "cross_pseudo_label":
         net = TwoBranchFlexibleUNet(out_channels=3, backbone="resnet10").to(cuda)
