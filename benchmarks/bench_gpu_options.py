@@ -16,7 +16,8 @@ Measured at the bundles' own training size (ResNet50, 192x192 slices, 4 labelled
 2. **Epoch throughput** of the CPL trainer over ``--iterations`` iterations with no synchronisation between them,
    as a bundle runs: batches as the bundles' loaders give them (pageable memory, blocking copy, ``decollate=True``),
    and without each of the host synchronisations that ``gpu_check.py`` counts (``decollate=False``; pinned memory
-   with ``non_blocking=True``; the bundles' per-iteration loss logging, three ``.item()`` calls, on or off).
+   with ``non_blocking=True``; the bundles' per-iteration logging of the loss and its two parts on or off: after
+   decollation it reads Python floats, without it three ``.item()`` calls).
 3. **Inference**: volumes per second of the network under the bundles' ``SliceInferer``, channels-last or not,
    AMP off and on.
 """
@@ -133,7 +134,8 @@ def report(device: torch.device, cfg: dict, steps, epochs, infer, implementation
     lines = [
         "# Training and inference options on a GPU",
         "",
-        f"Command: `{cmd}`. Device: {name}; torch {torch.__version__}; cuDNN benchmark mode; {cfg['backbone']}, "
+        f"Command: `{cmd}`. Device: {name}; torch {torch.__version__}; cuDNN as the bundles set it "
+        f"(`set_determinism`: deterministic, no autotuning); {cfg['backbone']}, "
         f"{cfg['size']}x{cfg['size']} slices. Step times: medians of {args.repeats} one-iteration epochs after "
         f"{args.warmup} warm-up runs, each between two synchronisations.",
         "",

@@ -21,7 +21,7 @@ before Ampere), channels-last as the bundles' default:
   there is nothing to count; the CPU suite's proof is the ``meta``-device tests in ``tests/test_engines.py``.
 
 Step times: ``engine.run()`` of a one-iteration epoch between two ``torch.cuda.synchronize()``, after warm-up runs;
-medians. Writes ``benchmarks/results/gpu.md`` (``--output``).
+medians; cuDNN as the bundles set it (``set_determinism``). Writes ``benchmarks/results/gpu.md`` (``--output``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ from monai.engines import SupervisedTrainer  # noqa: E402
 from monai.inferers import SliceInferer  # noqa: E402
 from monai.losses import DiceCELoss  # noqa: E402
 from monai.networks.nets import FlexibleUNet  # noqa: E402
+from monai.utils import set_determinism  # noqa: E402
 
+from ideal_components.batchnorm import default_implementation  # noqa: E402
 from ideal_components.engines import ContrastivePretrainTrainer, CrossPseudoLabelTrainer  # noqa: E402
 from ideal_components.losses import CrossPseudoLabelLoss, LocalContrastiveLoss  # noqa: E402
 from ideal_components.networks import DenseContrastiveNet, TwoBranchFlexibleUNet  # noqa: E402
@@ -138,7 +140,8 @@ def pretrain_engine(cfg: dict, device: torch.device, amp: bool, loader: list | N
 def train_steps(cfg: dict, device: torch.device, amp: bool, args: argparse.Namespace) -> dict[str, tuple]:
     out = {}
     for mode in ("per_group", "separate_forwards"):
-        out[f"CPL ({mode})"] = time_runs(cpl_engine(cfg, device, amp, mode).run, device, args.warmup, args.repeats)
+        name = f"CPL ({mode}, {default_implementation(device.type)})" if mode == "per_group" else f"CPL ({mode})"
+        out[name] = time_runs(cpl_engine(cfg, device, amp, mode).run, device, args.warmup, args.repeats)
     out["plain SupervisedTrainer"] = time_runs(plain_engine(cfg, device, amp).run, device, args.warmup, args.repeats)
     first = cpl_engine(cfg, device, amp, channels_last=False)
     out["CPL (per_group), channels-first"] = time_runs(first.run, device, args.warmup, args.repeats)
@@ -202,7 +205,9 @@ def inference_rate(
     torch.manual_seed(0)
     net = FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv")
     net = _net(net, device, channels_last).eval()
-    inferer = SliceInferer(roi_size=(cfg["size"], cfg["size"]), sw_batch_size=4, spatial_dim=2)
+    inferer = SliceInferer(
+        roi_size=(cfg["size"], cfg["size"]), sw_batch_size=8, spatial_dim=2
+    )  # the bundles' sw_batch_size
     volume = torch.randn(1, 1, cfg["size"], cfg["size"], cfg["slices"], device=device)
 
     def run() -> None:
@@ -219,7 +224,8 @@ def report(device: torch.device, cfg: dict, results: dict, floor: float, wall: f
     lines = [
         "# GPU check",
         "",
-        f"Command: `{cmd}`. Device: {name}; torch {torch.__version__}; channels-last networks; "
+        f"Command: `{cmd}`. Device: {name}; torch {torch.__version__}; channels-last networks; cuDNN as the bundles "
+        "set it (`set_determinism`: deterministic algorithms, no autotuning); "
         f"{args.warmup} warm-up and {args.repeats} timed runs each, medians. Sizes: {cfg['backbone']}, "
         f"{cfg['size']}x{cfg['size']} slices, CPL batch {cfg['labeled']} labelled + {cfg['unlabeled']} unlabelled, "
         f"pre-training batch {cfg['pretrain_batch']}, inference volumes of {cfg['slices']} slices.",
@@ -280,7 +286,7 @@ def parse_device_args(
         parser.error("no CUDA device: run on a GPU machine, or with --cpu to check the script itself")
     args.warmup = warmup[args.cpu] if args.warmup is None else args.warmup
     args.repeats = repeats[args.cpu] if args.repeats is None else args.repeats
-    torch.backends.cudnn.benchmark = True
+    set_determinism(seed=0)  # as the bundles' `initialize`: deterministic cuDNN algorithms, no autotuning
     return args, torch.device("cpu" if args.cpu else "cuda")
 
 

@@ -23,7 +23,7 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
-    for row in ("CPL (per_group) step", "CPL (separate_forwards) step", "plain SupervisedTrainer step",
+    for row in ("CPL (per_group, slices) step", "CPL (separate_forwards) step", "plain SupervisedTrainer step",
                 "pre-training step", "inference (network + SliceInferer)"):  # fmt: skip
         assert text.count(f"| {row} |") == 2, row  # AMP off and on
     assert "FLOP floor" in text and "volumes/s" in text
