@@ -25,6 +25,7 @@ Measured at the bundles' own training size (ResNet50, 192x192 slices, 4 labelled
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import sys
 import time
@@ -60,6 +61,16 @@ CPL_VARIANTS = {  # row name -> (batch_statistics, GroupBatchNorm implementation
 }
 
 
+@contextlib.contextmanager
+def bn_implementation(implementation: str | None):
+    """Per-group BatchNorm ``implementation`` for the networks built inside (``None``: the device's default)."""
+    GroupBatchNorm2d.implementation = implementation
+    try:
+        yield
+    finally:
+        GroupBatchNorm2d.implementation = None
+
+
 def step_times(cfg: dict, device: torch.device, args: argparse.Namespace) -> list[tuple]:
     rows = []
     for labeled, unlabeled in cfg["batches"]:
@@ -69,12 +80,9 @@ def step_times(cfg: dict, device: torch.device, args: argparse.Namespace) -> lis
                 plain = time_runs(plain_engine(c, device, amp, channels_last).run, device, args.warmup, args.repeats)
                 rows.append((f"{labeled}+{unlabeled}", amp, channels_last, "plain SupervisedTrainer", *plain, 1.0))
                 for name, (mode, impl) in CPL_VARIANTS.items():
-                    GroupBatchNorm2d.implementation = impl
-                    try:
+                    with bn_implementation(impl):
                         engine = cpl_engine(c, device, amp, mode, channels_last)
                         sec, peak = time_runs(engine.run, device, args.warmup, args.repeats)
-                    finally:
-                        GroupBatchNorm2d.implementation = None
                     rows.append((f"{labeled}+{unlabeled}", amp, channels_last, name, sec, peak, sec / plain[0]))
                     print(rows[-1], flush=True)
                 print(f"steps {labeled}+{unlabeled} AMP {amp} channels-last {channels_last}: done", flush=True)
@@ -92,8 +100,7 @@ def epoch_throughput(cfg: dict, device: torch.device, args: argparse.Namespace, 
         ("no decollate, pinned non_blocking, no loss logging", False, True, False),
     ]
     rows = []
-    GroupBatchNorm2d.implementation = implementation
-    try:
+    with bn_implementation(implementation):
         for name, decollate, pinned, logging in variants:
             batch = make_batch(labeled, unlabeled, cfg["size"])
             if pinned and device.type == "cuda":  # page-locked memory needs a CUDA device
@@ -112,8 +119,6 @@ def epoch_throughput(cfg: dict, device: torch.device, args: argparse.Namespace, 
                 engine.add_event_handler(Events.ITERATION_COMPLETED, log)
             sec, _ = time_runs(engine.run, device, 1, args.epochs)
             rows.append((name, args.iterations / sec))
-    finally:
-        GroupBatchNorm2d.implementation = None
     print("epoch throughput: done", flush=True)
     return rows
 

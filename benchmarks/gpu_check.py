@@ -122,12 +122,16 @@ def plain_engine(cfg: dict, device: torch.device, amp: bool, channels_last: bool
     )  # fmt: skip
 
 
+def pretrain_batch(cfg: dict) -> dict[str, torch.Tensor]:
+    """Two random views of ``cfg["pretrain_batch"]`` slices, seeded."""
+    g = torch.Generator().manual_seed(0)
+    shape = (cfg["pretrain_batch"], 1, cfg["size"], cfg["size"])
+    return {"image": torch.randn(*shape, generator=g), "image_view2": torch.randn(*shape, generator=g)}
+
+
 def pretrain_engine(cfg: dict, device: torch.device, amp: bool, loader: list | None = None,
                     **kwargs) -> ContrastivePretrainTrainer:  # fmt: skip
-    if loader is None:
-        g = torch.Generator().manual_seed(0)
-        shape = (cfg["pretrain_batch"], 1, cfg["size"], cfg["size"])
-        loader = [{"image": torch.randn(*shape, generator=g), "image_view2": torch.randn(*shape, generator=g)}]
+    loader = [pretrain_batch(cfg)] if loader is None else loader
     torch.manual_seed(0)
     net = _net(DenseContrastiveNet(backbone=cfg["backbone"], feature_level=-2, momentum=0.99), device)
     return ContrastivePretrainTrainer(
@@ -180,9 +184,7 @@ def host_syncs(cfg: dict, device: torch.device, amp: bool, iterations: int = 4) 
 
         feed = "pinned, non_blocking" if pinned else "pageable, blocking copy"
         cpl_batch = make_batch(cfg["labeled"], cfg["unlabeled"], cfg["size"])
-        g = torch.Generator().manual_seed(0)
-        shape = (cfg["pretrain_batch"], 1, cfg["size"], cfg["size"])
-        pre_batch = {"image": torch.randn(*shape, generator=g), "image_view2": torch.randn(*shape, generator=g)}
+        pre_batch = pretrain_batch(cfg)
         engines = {
             "CPL (per_group)": cpl_engine(cfg, device, amp, loader=loader(cpl_batch), non_blocking=pinned),
             "pre-training": pretrain_engine(cfg, device, amp, loader=loader(pre_batch), non_blocking=pinned),
@@ -205,9 +207,8 @@ def inference_rate(
     torch.manual_seed(0)
     net = FlexibleUNet(1, NUM_CLASSES, backbone=cfg["backbone"], upsample="deconv")
     net = _net(net, device, channels_last).eval()
-    inferer = SliceInferer(
-        roi_size=(cfg["size"], cfg["size"]), sw_batch_size=8, spatial_dim=2
-    )  # the bundles' sw_batch_size
+    # sw_batch_size 8: the bundles' slices per network call
+    inferer = SliceInferer(roi_size=(cfg["size"], cfg["size"]), sw_batch_size=8, spatial_dim=2)
     volume = torch.randn(1, 1, cfg["size"], cfg["size"], cfg["slices"], device=device)
 
     def run() -> None:

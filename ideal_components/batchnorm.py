@@ -105,11 +105,11 @@ class _GroupBatchNormFunction(torch.autograd.Function):
 def default_implementation(device_type: str) -> str:
     """The per-group BatchNorm implementation used on a device type when none is set.
 
-    ``"slices"`` on the CPU, where writing into slices of one output saves a copy of every activation (10 % of a
-    ResNet50 step, ``benchmarks/results/train_step.md``); ``"concat"`` elsewhere: on CUDA the step is bound by
-    kernel launches and Python overhead at the bundles' sizes, and cuDNN's BatchNorm per group plus one
-    concatenation took 0.65-0.85x the time of ``"slices"`` on an H200 (``benchmarks/results/gpu_options.md``);
-    other devices get the stock kernels, which every backend has.
+    ``"slices"`` on the CPU, where writing into slices of one output saves copying every activation forward and
+    backward (see ``_GroupBatchNormFunction``); ``"concat"`` elsewhere: on CUDA the step seems bound by
+    kernel launches and Python overhead at the bundles' sizes (not profiled), and cuDNN's BatchNorm per group plus
+    one concatenation took 0.65-0.85x the time of ``"slices"`` in one run on an H200
+    (``benchmarks/results/gpu_options.md``); other devices get the stock kernels, which every backend has.
 
     Example::
 

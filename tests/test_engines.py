@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import warnings
@@ -571,6 +572,16 @@ def test_pretraining_iteration_never_reads_a_device_tensor_on_the_host():
     assert trainer.state.iteration == 2 and trainer.state.output["loss"].device == meta
 
 
+@contextlib.contextmanager
+def _syncs_raise():
+    """Every synchronising CUDA call raises inside."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; the meta-device tests cover the CPU")
 @pytest.mark.parametrize(
     "kind,implementation", [("cross_pseudo_label", "concat"), ("cross_pseudo_label", "slices"), ("pretraining", None)]
@@ -599,19 +610,12 @@ def test_cuda_iterations_never_block_the_host(kind, implementation, monkeypatch)
     )  # fmt: skip
     trainer.run()
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with _syncs_raise():
         trainer.run()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert trainer.state.iteration == 3
     # the detector works: a host read of the loss raises
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        with pytest.raises(RuntimeError, match="synchroniz"):
-            trainer.state.output["loss"].item()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    with _syncs_raise(), pytest.raises(RuntimeError, match="synchroniz"):
+        trainer.state.output["loss"].item()
 
 
 @pytest.mark.slow
