@@ -136,8 +136,52 @@ def test_monai_dataloader_and_set_loader_epoch():
     engine.run(loader, max_epochs=2)
     assert sampler.epoch == 2
     assert epochs[1] != epochs[2]
+    # a fresh sampler set to epoch 2 (a resumed run) gives epoch 2's order
+    fresh = LabeledUnlabeledBatchSampler([d["labeled"] for d in data], batch_size=6, labeled_batch_size=2, seed=1)
+    fresh.set_epoch(2)
+    assert [[float(i) for i in b] for b in fresh] == epochs[2]
+
+
+def _passes(sampler: LabeledUnlabeledBatchSampler, count: int) -> list[list[list[int]]]:
+    """``count`` passes over a DataLoader within one epoch, as ignite makes them when epoch_length > len(loader)."""
+    loader = DataLoader(Dataset(list(range(len(sampler.labeled_indices) + len(sampler.unlabeled_indices)))),
+                        batch_sampler=sampler, num_workers=0)  # fmt: skip
+    return [[b.tolist() for b in loader] for _ in range(count)]
+
+
+def test_labeled_only_passes_within_an_epoch_continue_the_stream():
+    """The sweeps' 1-volume case: 10 labelled slices, batch 8, epoch_length longer than the loader. Every pass of the
+    epoch is a different batch, and the passes together show every slice about equally often."""
+    sampler = LabeledUnlabeledBatchSampler([1] * 10, batch_size=8, labeled_batch_size=8, seed=0)
+    sampler.set_epoch(1)
+    passes = _passes(sampler, 4)
+    orders = [tuple(p[0]) for p in passes]
+    assert all(len(p) == 1 for p in passes) and len(set(orders)) == 4
+    counts = np.bincount([i for o in orders for i in o], minlength=10)
+    assert counts.min() >= 3 and counts.sum() == 32
+    # setting the same epoch again (the trainers and EpochSeedHandler both do) does not restart the stream
+    sampler.set_epoch(1)
+    assert tuple(next(iter(sampler))) not in orders[:1]
+    # a new epoch starts anew; the same epoch in a fresh sampler (a resumed run) repeats the passes exactly
+    again = LabeledUnlabeledBatchSampler([1] * 10, batch_size=8, labeled_batch_size=8, seed=0)
+    again.set_epoch(1)
+    assert _passes(again, 4) == passes
     sampler.set_epoch(2)
-    assert [[float(i) for i in b] for b in sampler] == epochs[2]
+    assert _passes(sampler, 4) != passes
+
+
+def test_mixed_passes_within_an_epoch_continue_both_streams():
+    flags = [1] * 10 + [0] * 12
+    sampler = LabeledUnlabeledBatchSampler(flags, batch_size=8, labeled_batch_size=4, seed=0)
+    sampler.set_epoch(3)
+    passes = _passes(sampler, 4)  # 3 batches of 4 unlabelled per pass
+    labeled = [i for p in passes for b in p for i in b[:4]]
+    unlabeled = [tuple(i for b in p for i in b[4:]) for p in passes]
+    assert len(set(unlabeled)) == 4 and all(sorted(u) == list(range(10, 22)) for u in unlabeled)
+    # the labelled stream runs on across passes: 48 draws are 4.8 reshuffled rounds of the 10 slices
+    counts = np.bincount(labeled, minlength=10)
+    assert counts.min() >= 4 and counts.max() <= 5
+    assert len({tuple(labeled[i : i + 12]) for i in range(0, 48, 12)}) == 4
 
 
 def test_evaluation_sampler(monkeypatch):
