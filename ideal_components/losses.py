@@ -2,8 +2,9 @@
 
 - :class:`LocalContrastiveLoss`: the dense (per-location) InfoNCE loss ``L_loc`` of the pre-training phase.
 - :class:`GlobalContrastiveLoss`: SimCLR's NT-Xent on globally pooled features (the "global CL" baseline).
-- :class:`CrossPseudoLabelLoss`: the fine-tuning loss ``L_SSF``: cross-entropy to the mask on labelled images and
-  cross pseudo-label supervision between the two decoder branches on unlabelled images.
+- :class:`SegmentationLoss`: the supervised loss of every fine-tuning arm (cross-entropy [+ foreground soft Dice]).
+- :class:`CrossPseudoLabelLoss`: the fine-tuning loss ``L_SSF``: :class:`SegmentationLoss` to the mask on labelled
+  images and cross pseudo-label supervision between the two decoder branches on unlabelled images.
 - :func:`pretext_accuracy`: top-1 positive retrieval of the dense pretext (logged during pre-training).
 - :func:`sigmoid_rampup`: the sigmoid-shaped ramp-up of Laine & Aila (2017) for the unlabelled weight.
 
@@ -29,6 +30,7 @@ from ideal_components.transforms import class_index_problem
 __all__ = [
     "LocalContrastiveLoss",
     "GlobalContrastiveLoss",
+    "SegmentationLoss",
     "CrossPseudoLabelLoss",
     "pretext_accuracy",
     "sigmoid_rampup",
@@ -342,6 +344,122 @@ class GlobalContrastiveLoss(_Loss):
         return _reduce(loss, self.reduction)
 
 
+def _check_segmentation_shapes(logits: torch.Tensor, label: torch.Tensor) -> tuple[int, int]:
+    """Check ``logits (B, K, *spatial)`` against ``label (B, 1, *spatial)``; return ``(B, K)``."""
+    if logits.ndim not in (4, 5):
+        raise ValueError(f"logits must be (B, K, H, W) or (B, K, D, H, W), got shape {tuple(logits.shape)}.")
+    b, k = logits.shape[:2]
+    if b == 0:
+        raise ValueError("empty batch: logits have batch size 0.")
+    if k < 2:
+        raise ValueError(f"logits need at least 2 classes (channel dim), got {k}.")
+    if label.ndim != logits.ndim:
+        raise ValueError(
+            f"label must be (B, 1, *spatial) with the rank of the logits ({logits.ndim}), got shape "
+            f"{tuple(label.shape)}."
+        )
+    if label.shape[1] != 1:
+        raise ValueError(f"label must have 1 channel (class indices), got {label.shape[1]} channels.")
+    if label.shape[0] != b or label.shape[2:] != logits.shape[2:]:
+        raise ValueError(
+            f"label shape {tuple(label.shape)} does not match the logits {tuple(logits.shape)} (B and spatial)."
+        )
+    if label.dtype == torch.bool or label.is_complex():
+        raise ValueError(f"label must hold integer class indices, got dtype {label.dtype}.")
+    return b, k
+
+
+def _ce_mean(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CE (from log-probabilities) summed over the non-ignored pixels divided by their count (exact 0, still in the
+    graph, if none)."""
+    total = F.nll_loss(log_probs, target, ignore_index=_IGNORE_INDEX, reduction="sum")
+    return total / (target != _IGNORE_INDEX).sum().clamp_min(1)
+
+
+class SegmentationLoss(_Loss):
+    """The supervised loss of every fine-tuning arm: cross-entropy [+ ``dice_weight`` x foreground soft Dice].
+
+    ::
+
+        loss = CE(p, m) [+ dice_weight * Dice(p, m)]
+
+    ``CE``: averaged over the pixels of the labelled samples (all classes). ``Dice``: MONAI's
+    ``DiceLoss(softmax=True, to_onehot_y=True, include_background=False)`` per sample and foreground class, averaged
+    over the classes, then over the labelled samples (the foreground, as the metrics score it). On an all-labelled
+    batch this is ``monai.losses.DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
+    lambda_dice=dice_weight)``. :class:`CrossPseudoLabelLoss` uses it for each branch's labelled samples and
+    ``train_supervised.json`` for the supervised baseline, so that both arms learn from the labels by one loss.
+
+    Args:
+        dice_weight: weight ``>= 0`` of the soft Dice term (0: not computed, the paper's CE alone).
+
+    Shapes:
+        logits: ``(B, K, H, W)`` or ``(B, K, D, H, W)``; label: ``(B, 1, *spatial)`` class indices in ``[0, K)``;
+        labeled (optional): ``B`` flags, only those samples count (default: all).
+
+    Example:
+        >>> loss_fn = SegmentationLoss(dice_weight=1.0)
+        >>> out = loss_fn.compute(torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 1, 8, 8)))
+        >>> sorted(out)
+        ['ce', 'dice', 'loss']
+    """
+
+    def __init__(self, dice_weight: float = 0.0) -> None:
+        super().__init__()
+        if not math.isfinite(float(dice_weight)) or dice_weight < 0:
+            raise ValueError(f"dice_weight must be a finite number >= 0, got {dice_weight}.")
+        self.dice_weight = float(dice_weight)
+        # per-sample, per-class Dice, averaged here over the labelled samples with a mask (no host-side indexing)
+        self.dice = DiceLoss(softmax=True, to_onehot_y=True, include_background=False, reduction="none")
+
+    def parts(
+        self, logits: torch.Tensor, log_probs: torch.Tensor, label: torch.Tensor, flags: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The loss of checked inputs: float logits, their log-softmax, ``(B, *spatial)`` long labels, ``B`` bool
+        flags. Returns ``{"ce", "loss"}`` (+ ``"dice"`` when ``dice_weight > 0``)."""
+        spatial = (1,) * (label.ndim - 1)
+        target = torch.where(flags.view(-1, *spatial).expand_as(label), label, torch.full_like(label, _IGNORE_INDEX))
+        ce = _ce_mean(log_probs, target)
+        out = {"ce": ce, "loss": ce}
+        if self.dice_weight > 0:
+            # mean over the labelled samples and the classes; an exact 0 (still in the graph) without any
+            weight = flags.to(logits.dtype)
+            per_sample = self.dice(logits, label.unsqueeze(1)).flatten(1).mean(1)
+            out["dice"] = (per_sample * weight).sum() / weight.sum().clamp_min(1)
+            out["loss"] = ce + self.dice_weight * out["dice"]
+        return out
+
+    def compute(
+        self,
+        logits: torch.Tensor,
+        label: torch.Tensor,
+        labeled: torch.Tensor | Sequence[bool] | Sequence[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``{"ce", "loss"}`` (+ ``"dice"``) of ``logits`` against ``label`` on the ``labeled`` samples (all when
+        ``None``)."""
+        logits, label = _plain(logits), _plain(label)
+        b, _ = _check_segmentation_shapes(logits, label)
+        if labeled is None:
+            flags = torch.ones(b, dtype=torch.bool, device=logits.device)
+        else:
+            flags = torch.as_tensor(_plain(labeled), device=logits.device).reshape(-1)
+            if flags.numel() != b:
+                raise ValueError(f"labeled must hold one flag per sample ({b}), got {flags.numel()}.")
+            flags = flags if flags.dtype == torch.bool else flags != 0
+        with _autocast_off(logits.device):
+            x = _float32(logits)
+            return self.parts(x, F.log_softmax(x, dim=1), label[:, 0].long(), flags)
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        label: torch.Tensor,
+        labeled: torch.Tensor | Sequence[bool] | Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """``compute(logits, label, labeled)["loss"]``."""
+        return self.compute(logits, label, labeled)["loss"]
+
+
 class CrossPseudoLabelLoss(_Loss):
     """IDEAL's semi-supervised fine-tuning loss ``L_SSF`` for a two-branch segmentation network.
 
@@ -407,19 +525,11 @@ class CrossPseudoLabelLoss(_Loss):
         self.confidence_threshold = float(confidence_threshold)
         self.dice_weight = float(dice_weight)
         self.check_values = bool(check_values)
-        # per-sample, per-class Dice, averaged here over the labelled samples with a mask (no host-side indexing)
-        self.dice = DiceLoss(softmax=True, to_onehot_y=True, include_background=False, reduction="none")
+        self.segmentation = SegmentationLoss(dice_weight)
 
     def unlabeled_weight_at(self, epoch: float | None = None) -> float:
         """``unlabeled_weight * sigmoid_rampup(epoch, rampup_epochs)`` (``epoch=None``: no ramp-up)."""
         return self.unlabeled_weight * sigmoid_rampup(epoch, self.rampup_epochs)
-
-    @staticmethod
-    def _ce_mean(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """CE (from log-probabilities) summed over the non-ignored pixels divided by their count (exact 0, still in
-        the graph, if none)."""
-        total = F.nll_loss(log_probs, target, ignore_index=_IGNORE_INDEX, reduction="sum")
-        return total / (target != _IGNORE_INDEX).sum().clamp_min(1)
 
     def _validate(
         self,
@@ -431,35 +541,16 @@ class CrossPseudoLabelLoss(_Loss):
         for name, x in (("logits_a", logits_a), ("logits_b", logits_b), ("label", label)):
             if not isinstance(x, torch.Tensor):
                 raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
-        if logits_a.ndim not in (4, 5):
-            raise ValueError(f"logits must be (B, K, H, W) or (B, K, D, H, W), got shape {tuple(logits_a.shape)}.")
         if logits_a.shape != logits_b.shape:
             raise ValueError(
                 f"logits_a and logits_b must have the same shape, got {tuple(logits_a.shape)} and "
                 f"{tuple(logits_b.shape)}."
             )
-        b, k = logits_a.shape[:2]
-        if b == 0:
-            raise ValueError("empty batch: logits have batch size 0.")
-        if k < 2:
-            raise ValueError(f"logits need at least 2 classes (channel dim), got {k}.")
-        if label.ndim != logits_a.ndim:
-            raise ValueError(
-                f"label must be (B, 1, *spatial) with the rank of the logits ({logits_a.ndim}), got shape "
-                f"{tuple(label.shape)}."
-            )
-        if label.shape[1] != 1:
-            raise ValueError(f"label must have 1 channel (class indices), got {label.shape[1]} channels.")
-        if label.shape[0] != b or label.shape[2:] != logits_a.shape[2:]:
-            raise ValueError(
-                f"label shape {tuple(label.shape)} does not match the logits {tuple(logits_a.shape)} (B and spatial)."
-            )
+        b, k = _check_segmentation_shapes(logits_a, label)
         flags = torch.as_tensor(labeled, device=logits_a.device).reshape(-1)
         if flags.numel() != b:
             raise ValueError(f"labeled must hold one flag per sample ({b}), got {flags.numel()}.")
         lab = label[:, 0]
-        if lab.dtype == torch.bool or lab.is_complex():
-            raise ValueError(f"label must hold integer class indices, got dtype {lab.dtype}.")
         if self.check_values:
             self._check_values(flags, lab, k)
         flags = flags if flags.dtype == torch.bool else flags != 0
@@ -505,11 +596,13 @@ class CrossPseudoLabelLoss(_Loss):
             # one log-softmax per branch serves both CE terms and the pseudo-labels (the supervised and the
             # pseudo-label pixels are disjoint, so each term reads its own pixels of the same log-probabilities)
             logp_a, logp_b = F.log_softmax(la, dim=1), F.log_softmax(lb, dim=1)
-            ignore = torch.full_like(lab, _IGNORE_INDEX)
-            sup_target = torch.where(sup_mask, lab, ignore)
-            supervised = self._ce_mean(logp_a, sup_target) + self._ce_mean(logp_b, sup_target)
+            # the labelled samples' loss, one definition for every arm (SegmentationLoss), per branch
+            sup_a = self.segmentation.parts(la, logp_a, lab, flags)
+            sup_b = self.segmentation.parts(lb, logp_b, lab, flags)
+            supervised = sup_a["ce"] + sup_b["ce"]
 
             with torch.no_grad():
+                ignore = torch.full_like(lab, _IGNORE_INDEX)
                 log_conf_a, y_a = logp_a.max(dim=1)
                 log_conf_b, y_b = logp_b.max(dim=1)
                 unl = ~sup_mask
@@ -520,18 +613,13 @@ class CrossPseudoLabelLoss(_Loss):
                     unl_a = unl_b = unl
                 target_for_b = torch.where(unl_a, y_a, ignore)
                 target_for_a = torch.where(unl_b, y_b, ignore)
-            cross_pseudo = self._ce_mean(logp_a, target_for_a) + self._ce_mean(logp_b, target_for_b)
+            cross_pseudo = _ce_mean(logp_a, target_for_a) + _ce_mean(logp_b, target_for_b)
 
             loss = supervised + self.unlabeled_weight_at(epoch) * cross_pseudo
             out = {"supervised": supervised, "cross_pseudo": cross_pseudo}
             if self.dice_weight > 0:
-                # mean over the labelled samples and the classes; an exact 0 (still in the graph) without any
-                # (the placeholder labels of unlabelled samples give finite values that the mask removes)
-                lab_c, weight = lab.unsqueeze(1), flags.to(la.dtype)
-                per_sample = self.dice(la, lab_c).flatten(1).mean(1) + self.dice(lb, lab_c).flatten(1).mean(1)
-                dice = (per_sample * weight).sum() / weight.sum().clamp_min(1)
-                out["dice"] = dice
-                loss = loss + self.dice_weight * dice
+                out["dice"] = sup_a["dice"] + sup_b["dice"]
+                loss = loss + self.dice_weight * out["dice"]
         out["loss"] = loss
         return out
 

@@ -184,7 +184,7 @@ def test_supervised_config_is_built_for_supervised_training(bundle, prepared):
     assert datalist and all(item["labeled"] == 1 and "label" in item for item in datalist)
     sampler = parser.get_parsed_content("train#sampler")
     assert sampler.labeled_only and sampler.labeled_batch_size == sampler.batch_size == 4
-    assert type(parser.get_parsed_content("loss")).__name__ == "DiceCELoss"
+    assert type(parser.get_parsed_content("loss")).__name__ == "SegmentationLoss"
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

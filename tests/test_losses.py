@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from monai.losses import ContrastiveLoss
 
-from ideal_components.losses import CrossPseudoLabelLoss, GlobalContrastiveLoss, LocalContrastiveLoss, sigmoid_rampup
+from ideal_components.losses import (
+    CrossPseudoLabelLoss,
+    GlobalContrastiveLoss,
+    LocalContrastiveLoss,
+    SegmentationLoss,
+    sigmoid_rampup,
+)
 
 
 def _seed(seed: int = 0) -> torch.Generator:
@@ -409,6 +415,40 @@ def test_metatensor_inputs_give_plain_tensors():
     q, k = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
     assert type(LocalContrastiveLoss()(MetaTensor(q), MetaTensor(k))) is torch.Tensor
     assert type(GlobalContrastiveLoss()(MetaTensor(q), MetaTensor(k))) is torch.Tensor
+
+
+@pytest.mark.parametrize("dice_weight", [0.0, 1.0, 0.5])
+def test_segmentation_loss_is_monai_dice_ce_without_background(dice_weight):
+    """On an all-labelled batch the supervised arms' loss is MONAI's DiceCELoss with the foreground Dice."""
+    from monai.losses import DiceCELoss
+
+    g = _seed(21)
+    logits, label = torch.randn(3, 4, 6, 5, generator=g, dtype=torch.float64), torch.randint(0, 4, (3, 1, 6, 5))
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, lambda_dice=dice_weight)
+    torch.testing.assert_close(SegmentationLoss(dice_weight)(logits, label.double()), ref(logits, label.double()))
+
+
+def test_cps_labelled_part_is_the_segmentation_loss_of_each_branch():
+    """One definition of the supervised loss: the CPS loss's labelled part is SegmentationLoss on the labelled
+    samples of each branch (what train_supervised.json trains with), whatever the unlabelled samples hold."""
+    g = _seed(22)
+    la, lb = torch.randn(4, 4, 6, 6, generator=g), torch.randn(4, 4, 6, 6, generator=g)
+    label, flags = torch.randint(0, 4, (4, 1, 6, 6)), torch.tensor([1, 0, 1, 0])
+    out = CrossPseudoLabelLoss(dice_weight=0.7).compute(la, lb, label, flags)
+    seg = SegmentationLoss(0.7)
+    lab = flags.bool()
+    sup = seg(la[lab], label[lab]) + seg(lb[lab], label[lab])
+    torch.testing.assert_close(out["supervised"] + 0.7 * out["dice"], sup)
+    torch.testing.assert_close(seg(la, label, flags), seg(la[lab], label[lab]))
+
+
+def test_segmentation_loss_errors():
+    with pytest.raises(ValueError, match="dice_weight"):
+        SegmentationLoss(-1.0)
+    with pytest.raises(ValueError, match="label shape"):
+        SegmentationLoss()(torch.randn(2, 3, 4, 4), torch.zeros(2, 1, 4, 5))
+    with pytest.raises(ValueError, match="one flag per sample"):
+        SegmentationLoss()(torch.randn(2, 3, 4, 4), torch.zeros(2, 1, 4, 4), [1])
 
 
 def test_cps_3d():
