@@ -57,7 +57,13 @@ BUNDLE = REPO / "bundles" / "ideal_acdc"
 CONFIGS = BUNDLE / "configs"
 # the Makefile's DEMO_OVERRIDES (without the seed) and DEMO_TRAIN_OVERRIDES, with the 16 epochs of version 0.6.0
 DEMO = ["--backbone", "resnet18", "--spatial_size", "[128,128]", "--learning_rate", "1e-3", "--num_workers", "0"]
-DEMO_TRAIN = {"--dice_weight": "1.0", "--label_fraction": "10", "--max_epochs": "16", "--val_interval": "2"}
+DEMO_TRAIN = {
+    "--dice_weight": "1.0",
+    "--rampup_epochs": "10",
+    "--label_fraction": "10",
+    "--max_epochs": "16",
+    "--val_interval": "2",
+}
 ARMS = {
     "constant": {},
     "warmup_cosine": {"--warmup_epochs": "1", "--cosine_decay": "True"},

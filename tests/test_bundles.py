@@ -187,6 +187,68 @@ def test_supervised_config_is_built_for_supervised_training(bundle, prepared):
     assert type(parser.get_parsed_content("loss")).__name__ == "SegmentationLoss"
 
 
+def _sweep_arm_parser(command: list[str], fraction_extra: dict | None = None):
+    """The ConfigParser of a sweep step's ``monai.bundle run`` command: its config files and its overrides."""
+    import ast
+
+    from monai.bundle import ConfigParser
+
+    args = command[command.index("run") + 1 :]
+    values = dict(zip(args[::2], args[1::2]))
+    parser = ConfigParser()
+    parser.read_config(ast.literal_eval(values.pop("--config_file")))
+    for key in ("--meta_file", "--logging_file"):
+        values.pop(key)
+    for key, value in values.items():
+        try:
+            parser[key[2:]] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser[key[2:]] = value
+    parser.update(fraction_extra or {})
+    return parser
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_sweep_arms_are_on_equal_footing(bundle, prepared, tmp_path):
+    """Every arm of a sweep, read from the configs with the sweep's own commands: at each label fraction the same
+    optimiser steps (epoch_length x max_epochs), the same loss on the labelled slices, and a ramp-up of the
+    pseudo-label weight that completes within the run (issue: comparisons on equal footing)."""
+    from ideal_components.experiments.methods import METHODS
+    from ideal_components.experiments.plan import plan_sweep
+    from ideal_components.losses import CrossPseudoLabelLoss, SegmentationLoss
+
+    datalist = json.loads((prepared[bundle] / "datalist.json").read_text())
+    fractions = [f for f in datalist["fractions"] if str(f) != "100"][:2] + ["100"]
+    plan = plan_sweep(
+        str(REPO / "bundles" / bundle), ",".join(map(str, fractions)), ",".join(METHODS), "0",
+        str(prepared[bundle]), str(tmp_path / "sweep"), {"max_epochs": 6, "val_interval": 2, "dice_weight": 1.0},
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    logits, label = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4, 1, 8, 8), generator=g)
+    by_fraction: dict[str, dict[str, tuple]] = {}
+    for step in (s for s in plan.steps if s.kind == "train"):
+        parser = _sweep_arm_parser(step.command, {"num_workers": 0})
+        steps = parser.get_parsed_content("epoch_length") * parser.get_parsed_content("max_epochs")
+        loss = parser.get_parsed_content("loss")
+        if isinstance(loss, CrossPseudoLabelLoss):
+            labelled = loss.compute(logits, logits, label, torch.ones(4))
+            per_branch = (labelled["supervised"] + loss.dice_weight * labelled["dice"]) / 2
+            rampup, max_epochs = parser.get_parsed_content("rampup_epochs"), parser.get_parsed_content("max_epochs")
+            assert 0 <= rampup < max_epochs, f"{step.key}: the ramp-up ({rampup}) does not complete"
+            assert loss.unlabeled_weight_at(max_epochs - 1) == loss.unlabeled_weight
+        else:
+            assert isinstance(loss, SegmentationLoss), f"{step.key}: {type(loss).__name__}"
+            per_branch = loss(logits, label)
+        by_fraction.setdefault(step.fraction, {})[step.method] = (steps, float(per_branch))
+    assert set(by_fraction) == {str(f) for f in fractions}
+    for fraction, arms in by_fraction.items():
+        assert set(arms) == set(METHODS)
+        steps = {arm: v[0] for arm, v in arms.items()}
+        assert len(set(steps.values())) == 1, f"fraction {fraction}: optimiser steps differ {steps}"
+        losses = [v[1] for v in arms.values()]
+        assert max(losses) - min(losses) < 1e-5, f"fraction {fraction}: supervised losses differ {arms}"
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_pretrain_loss_settings_reach_the_loss(bundle):
     """``batch_negatives`` (off: the paper's negatives, other locations of the same image) and the loss's other ids."""
