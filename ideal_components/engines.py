@@ -245,23 +245,20 @@ def _draw_shift(max_shift: int, device: torch.device) -> tuple[int, int]:
 
 
 def shift_image(x: torch.Tensor, shift: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
-    """Translate a batch of 2D images by ``shift`` feature cells of size ``stride`` pixels, filling with zeros.
+    """Translate a batch of 2D images circularly by ``shift`` feature cells of size ``stride`` pixels.
 
-    Content at pixel ``(y, x)`` moves to ``(y + dy * sy, x + dx * sx)``, so the feature at cell ``(i, j)`` of the
-    original corresponds to cell ``(i + dy, j + dx)`` of the shifted image.
+    Content at pixel ``(y, x)`` moves to ``(y + dy * sy, x + dx * sx)`` (modulo the image size), so the feature at
+    cell ``(i, j)`` of the original corresponds to cell ``(i + dy, j + dx)`` of the shifted image. Circular, so that
+    the shifted view holds exactly the original's pixels: a filled band (zeros after the views' brightness offset)
+    would stand out and tell the network the shift; the wrapped band is left out of the comparison
+    (:func:`overlapping_features`).
 
     Args:
         x: ``(B, C, H, W)``.
         shift: ``(dy, dx)`` in feature cells.
         stride: the feature map's stride ``(sy, sx)`` in pixels.
     """
-    py, px = shift[0] * stride[0], shift[1] * stride[1]
-    h, w = x.shape[-2:]
-    out = torch.zeros_like(x)
-    out[..., max(py, 0) : h + min(py, 0), max(px, 0) : w + min(px, 0)] = x[
-        ..., max(-py, 0) : h - max(py, 0), max(-px, 0) : w - max(px, 0)
-    ]
-    return out
+    return torch.roll(x, shifts=(shift[0] * stride[0], shift[1] * stride[1]), dims=(-2, -1))
 
 
 def overlapping_features(q: torch.Tensor, k: torch.Tensor, shift: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,10 +310,10 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
             callable ``(batchdata, device, non_blocking, **to_kwargs) -> (x1, x2)``.
         view_keys: the batch keys of the two views.
         max_shift: translate the key view by a random whole number of feature cells in ``[-max_shift, max_shift]``
-            (per iteration, both axes, zero fill; cells of the coarsest projected map) and compare only the
-            overlapping cells. With views of identical
-            geometry a network can match location *i* to location *i* from position alone (padding makes absolute
-            position visible); the shift removes that shortcut while keeping exact correspondences. ``0``: off.
+            (per iteration, both axes, circular so that no filled band gives the shift away; cells of the coarsest
+            projected map) and compare only the overlapping cells. With views of identical geometry a network can
+            match location *i* to location *i* from position alone (padding makes absolute position visible); the
+            shift removes that shortcut while keeping exact correspondences. ``0``: off.
         **kwargs: :class:`~monai.engines.SupervisedTrainer`'s other arguments, passed on with its defaults (one
             exception: ``compile_kwargs`` defaults to ``{"dynamic": False}``); see ``_TwoStageTrainerBase``.
             With ``accumulation_steps`` the momentum update follows each optimizer step; ``compile`` compiles the

@@ -408,6 +408,20 @@ def test_shifted_views_correspond_on_the_overlap(shift):
         assert not torch.allclose(features(x), features(shift_image(x, shift, stride)))
 
 
+@pytest.mark.parametrize("offset", [0.3, -0.3])
+def test_shifted_key_view_has_no_band(offset):
+    """The key view's shift leaves no tell: the shifted image holds exactly the original's pixels (no filled band),
+    whatever the view's brightness offset, so only content says where a cell came from."""
+    from ideal_components.engines import shift_image
+
+    torch.manual_seed(1)
+    view = (torch.rand(2, 1, 64, 64) * 0.5 + offset).clamp(0, 1)  # a photometric view, clipped as in pretrain.json
+    shifted = shift_image(view, (2, -1), (8, 8))
+    torch.testing.assert_close(shifted.flatten(1).sort(1).values, view.flatten(1).sort(1).values)
+    band = shifted[..., :16, :]  # the rows a zero-filling shift would have vacated
+    assert band.min() >= view.min() and band.mean() == pytest.approx(float(view[..., -16:, :].mean()), abs=1e-6)
+
+
 def test_pretrain_with_shift_runs_and_lowers_loss():
     from ideal_components.engines import ContrastivePretrainTrainer
     from ideal_components.losses import LocalContrastiveLoss
