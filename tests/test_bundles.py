@@ -250,6 +250,27 @@ def test_sweep_arms_are_on_equal_footing(bundle, prepared, tmp_path):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
+def test_global_cl_head_is_a_nonlinear_mlp_and_the_local_head_one_convolution(bundle):
+    """Global CL as its authors run it (an MLP with a ReLU on pooled features); the local head stays the paper's
+    single 1x1 convolution."""
+    from monai.bundle import ConfigParser
+
+    for names, layers in ((("pretrain.json",), ["Conv2d"]), (("pretrain.json", "pretrain_global.json"), None)):
+        parser = ConfigParser()
+        parser.read_config(configs(bundle, *names))
+        parser.update({"backbone": "resnet10", "device": "$torch.device('cpu')"})
+        net = parser.get_parsed_content("network_def")
+        kinds = [type(m).__name__ for m in net.modules() if not list(m.children())]
+        heads = [m for name, m in net.named_modules() if type(m).__name__ == "DenseProjectionHead"]
+        assert heads, kinds
+        head_kinds = [type(m).__name__ for m in heads[0].layers]
+        if layers is not None:
+            assert head_kinds == layers
+        else:
+            assert head_kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d"] and net.pool_before_head
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_pretrain_loss_settings_reach_the_loss(bundle):
     """``batch_negatives`` (off: the paper's negatives, other locations of the same image) and the loss's other ids."""
     from monai.bundle import ConfigParser
