@@ -11,17 +11,23 @@ is fitted on the slices of ``num_labeled`` training volumes and scored by the te
 argmax predictions, foreground classes, an empty reference counts 1 for an empty prediction and 0 otherwise; mean
 over the classes per volume, then over the ``test`` volumes). Slices are along the last axis, as in the bundles.
 
-The encoder ``A`` and the baseline ``B`` are compared on pairs: every (seed, labelled volumes) combination fits one
-classifier per encoder with the same seed (initialisation, slice sampling and mini-batch order) on the same slices.
-The report holds the mean paired difference ``A - B`` with a percentile bootstrap 95 % interval over the pairs, the
-sign count, each encoder's mean Dice and its pretext accuracy (:func:`~ideal_components.losses.pretext_accuracy` on
-two photometric views of the same slices, as ``pretrain.json`` draws them, the key view shifted by whole feature
-cells; pre-training's random affine is left out: it is the same for both views, so it changes no correspondence).
+The encoder ``A`` is compared with one or several baseline encoders ``B`` (by default three random initialisations:
+two random encoders can differ systematically, so one is not a null). Every (classifier seed, labelled set)
+combination fits one classifier per encoder with the same seed (initialisation, slice sampling and mini-batch order)
+on the same slices. The independent unit is the **labelled set**: the classifier seeds fit the same slices, so their
+results are averaged within each set first. The report holds, per labelled set, ``A`` minus the mean of the
+baselines, and their mean with a Student-t 95 % interval over the sets (``independent_units`` of them, ``n - 1``
+degrees of freedom), the same against each baseline alone, the sign count over the sets, each encoder's mean Dice and
+its pretext accuracy on the raw encoder features (``pretext_accuracy_encoder_features``:
+:func:`~ideal_components.losses.pretext_accuracy` between the encoder's features of two photometric views of the same
+slices, as ``pretrain.json`` draws them, the key view shifted by whole feature cells; pre-training's random affine is
+left out: it is the same for both views, so it changes no correspondence). That is not the pretext accuracy that
+pre-training logs (on the projection head's outputs, which the encoder file does not hold).
 
 Command line (``--seeds 0,1,2``: python-fire reads comma-separated lists)::
 
     python -m ideal_components probe --dataset_dir PREPARED --encoder models/pretrained_encoder.pt \\
-        --baseline random:0 --backbone resnet18 --seeds 0,1,2 --labeled_volumes 3 --out probe.json
+        --baseline random:0,random:1,random:2 --backbone resnet18 --seeds 0,1,2 --labeled_volumes 5 --out probe.json
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from ideal_components.encoders import build_flexunet_encoder, flexunet_encoder_c
 from ideal_components.engines import overlapping_features, shift_image
 from ideal_components.losses import pretext_accuracy
 from ideal_components.utils import atomic_write_text, parse_bool, parse_pair
+
+from .compare import t_interval
 
 __all__ = ["probe"]
 
@@ -167,20 +175,40 @@ def _spaced(total: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, count).round().astype(int))
 
 
-def _bootstrap_ci(diffs: np.ndarray, resamples: int, seed: int) -> list[float]:
-    """Percentile bootstrap 95 % interval of the mean of ``diffs`` (resampling the pairs)."""
-    means = diffs[np.random.default_rng(seed).integers(0, len(diffs), (resamples, len(diffs)))].mean(1)
-    return [float(v) for v in np.percentile(means, [2.5, 97.5])]
+def _encoder_specs(value: Any, name: str) -> list[str]:
+    """``"random:0,random:1"`` or a list of specs -> distinct specs, in order."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    specs = []
+    for v in items:
+        v = str(v).strip()
+        specs += [] if not v or v in specs else [v]
+    if not specs:
+        raise ValueError(f"{name} is empty: give an encoder file or random:SEED.")
+    return specs
+
+
+def _comparison(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """``A - B`` over the labelled sets (rows): the mean, its t-interval and the signs."""
+    diffs = a - b
+    return {
+        "mean_difference": float(diffs.mean()),
+        "ci95": [float(v) for v in t_interval(diffs)],
+        "sign_count": {
+            "encoder_better": int((diffs > 0).sum()),
+            "baseline_better": int((diffs < 0).sum()),
+            "ties": int((diffs == 0).sum()),
+        },
+    }
 
 
 def probe(
     dataset_dir: str,
     encoder: str,
-    baseline: str = "random:0",
+    baseline: Any = "random:0,random:1,random:2",
     backbone: str = "resnet18",
     out: str = "probe.json",
     seeds: Any = (0, 1, 2),
-    labeled_volumes: int = 3,
+    labeled_volumes: int = 5,
     num_labeled: int = 1,
     levels: Any = (0, 1, 2, 3, 4),
     feature_stride: int = 4,
@@ -195,22 +223,23 @@ def probe(
     max_shift: int = 2,
     brightness: float = 0.3,
     contrast: float = 0.3,
-    bootstrap: int = 2000,
-    bootstrap_seed: int = 0,
     device: str = "cpu",
     progress: Any = False,
 ) -> str:
-    """Compare encoder ``A`` with baseline ``B`` by linear probing (see the module docstring); write ``out``.
+    """Compare encoder ``A`` with baseline encoders ``B`` by linear probing (see the module docstring); write ``out``.
 
     Args:
         dataset_dir: a prepared folder holding ``datalist.json`` (keys ``training`` and ``test``).
         encoder: ``A``: a ``pretrained_encoder.pt`` (loaded strictly) or ``random:SEED``.
-        baseline: ``B``, the same forms.
+        baseline: ``B``: one or several encoders of the same forms, comma-separated (default three random ones);
+            ``A`` is compared with their mean and with each one.
         backbone: the FlexibleUNet backbone of both encoders.
         out: the JSON report (written atomically).
-        seeds: classifier seeds (``0,1,2``); each seed and labelled set makes one pair.
-        labeled_volumes: number of labelled sets: training volumes with a label file, sorted by id, sets starting at
-            evenly spaced positions (distinct single volumes for ``num_labeled=1``).
+        seeds: classifier seeds (``0,1,2``); each seed and labelled set makes one pair, the seeds of a set are
+            averaged (they fit the same slices: one independent unit per set).
+        labeled_volumes: number of labelled sets, the independent units of the interval (5 or more): training
+            volumes with a label file, sorted by id, sets starting at evenly spaced positions (distinct single
+            volumes for ``num_labeled=1``).
         num_labeled: ``K``, the volumes per labelled set, consecutive in that order (the sets are disjoint while
             ``labeled_volumes * K`` does not exceed the volumes with a label).
         levels: the encoder levels to concatenate (ResNets: strides 2, 4, 8, 16, 32 for 0..4; all by default).
@@ -227,22 +256,23 @@ def probe(
         max_shift: the key view's shift in feature cells, at most, as in pre-training.
         brightness: photometric offset range of the views, as in pre-training.
         contrast: photometric scale range of the views, as in pre-training.
-        bootstrap: bootstrap resamples of the pairs.
-        bootstrap_seed: the bootstrap's RNG seed.
         device: torch device (``cpu``, ``cuda``).
         progress: show a tqdm progress bar.
 
     Returns:
-        ``out``; its JSON holds ``mean_difference`` (A - B), ``ci95``, ``sign_count``, ``mean_dice``,
-        ``pretext_accuracy``, ``pairs`` (``seed``, ``labeled``, ``dice_encoder``, ``dice_baseline``, ``difference``)
-        and ``settings``.
+        ``out``; its JSON holds ``mean_difference`` (A minus the baselines' mean, over the labelled sets), ``ci95``
+        (t-interval over the sets), ``independent_units`` (the number of sets), ``sign_count`` (over the sets),
+        ``per_baseline`` (the same three against each baseline), ``mean_dice``, ``pretext_accuracy_encoder_features``,
+        ``units`` (per labelled set), ``pairs`` (``seed``, ``labeled``, ``dice_encoder``, ``dice_baseline``: the
+        baselines' mean, ``dice_baselines``, ``difference``) and ``settings``.
 
     Example::
 
         python -m ideal_components probe --dataset_dir prepared --encoder models/pretrained_encoder.pt \\
-            --baseline random:0 --backbone resnet18 --seeds 0,1,2 --labeled_volumes 3 --out probe.json
+            --baseline random:0,random:1,random:2 --backbone resnet18 --seeds 0,1,2 --labeled_volumes 5 --out probe.json
     """
     settings = {k: v for k, v in locals().items() if k not in ("encoder", "baseline", "out", "progress")}
+    baselines = _encoder_specs(baseline, "baseline")
     seeds, levels = _int_list(seeds, "seeds"), _int_list(levels, "levels")
     n_levels, dev = len(flexunet_encoder_channels(backbone)), torch.device(device)
     if any(s < 0 for s in seeds) or any(not -n_levels <= i < n_levels for i in levels + [int(pretext_level)]):
@@ -271,33 +301,58 @@ def probe(
     settings.update(num_classes=num_classes, bn_slices=len(bn_x), pretext_slices=len(pretext_x))
 
     dice, pretext = {}, {}
-    bar = tqdm(total=2 * (len(sets) * len(seeds) + len(test)), desc="probe", disable=not show)
-    for role, spec in (("encoder", encoder), ("baseline", baseline)):
+    bar = tqdm(total=(1 + len(baselines)) * (len(sets) * len(seeds) + len(test)), desc="probe", disable=not show)
+    for spec in dict.fromkeys([str(encoder), *baselines]):  # an encoder named twice is probed once
         net = _load_encoder(spec, backbone, dev).requires_grad_(False)
         _reestimate_batch_norm(net, bn_x, settings["batch_size"], dev)
-        pretext[role] = _pretext(net, pretext_x, int(pretext_level), settings, dev)
-        dice[role] = _probe_dice(net, sets, test, seeds, levels, int(feature_stride), num_classes, settings, dev, bar)
+        pretext[spec] = _pretext(net, pretext_x, int(pretext_level), settings, dev)
+        dice[spec] = _probe_dice(net, sets, test, seeds, levels, int(feature_stride), num_classes, settings, dev, bar)
     bar.close()
 
-    pairs = [{"seed": s, "labeled": [d.get("id", d["image"]) for d in g]} for g in groups for s in seeds]
-    for p, a, b in zip(pairs, dice["encoder"], dice["baseline"]):
-        p.update(dice_encoder=a, dice_baseline=b, difference=a - b)
-    diffs = np.array([p["difference"] for p in pairs])
-    signs = {"encoder_better": (diffs > 0).sum(), "baseline_better": (diffs < 0).sum(), "ties": (diffs == 0).sum()}
+    # (labelled set, seed) pairs; the seeds of a set are averaged: one unit per set
+    shape = (len(sets), len(seeds))
+    dice_a = np.asarray(dice[str(encoder)]).reshape(shape)
+    dice_b = np.stack([np.asarray(dice[b]).reshape(shape) for b in baselines])  # (baselines, sets, seeds)
+    labeled = [[d.get("id", d["image"]) for d in g] for g in groups]
+    pairs = [
+        {
+            "seed": s,
+            "labeled": labeled[i],
+            "dice_encoder": float(dice_a[i, j]),
+            "dice_baseline": float(dice_b[:, i, j].mean()),
+            "dice_baselines": [float(v) for v in dice_b[:, i, j]],
+            "difference": float(dice_a[i, j] - dice_b[:, i, j].mean()),
+        }
+        for i in range(len(sets))
+        for j, s in enumerate(seeds)
+    ]
+    unit_a, unit_b = dice_a.mean(1), dice_b.mean(2)  # (sets,), (baselines, sets)
+    units = [
+        {"labeled": labeled[i], "dice_encoder": float(unit_a[i]), "dice_baseline": float(unit_b[:, i].mean()),
+         "difference": float(unit_a[i] - unit_b[:, i].mean())}
+        for i in range(len(sets))
+    ]  # fmt: skip
     result = {
         "encoder": str(encoder),
-        "baseline": str(baseline),
-        "mean_difference": float(diffs.mean()),
-        "ci95": _bootstrap_ci(diffs, int(bootstrap), int(bootstrap_seed)),
-        "sign_count": {key: int(v) for key, v in signs.items()},
-        "mean_dice": {role: float(np.mean(v)) for role, v in dice.items()},
-        "pretext_accuracy": pretext,
+        "baseline": ",".join(baselines),
+        "baselines": baselines,
+        **_comparison(unit_a, unit_b.mean(0)),
+        "independent_units": len(sets),
+        "unit": "labelled set (classifier seeds averaged within it)",
+        "per_baseline": {b: _comparison(unit_a, unit_b[k]) for k, b in enumerate(baselines)},
+        "mean_dice": {"encoder": float(dice_a.mean()), "baseline": float(dice_b.mean())},
+        "pretext_accuracy_encoder_features": {
+            "encoder": pretext[str(encoder)],
+            "baseline": float(np.mean([pretext[b] for b in baselines])),
+            "per_baseline": {b: pretext[b] for b in baselines},
+        },
+        "units": units,
         "pairs": pairs,
         "settings": {**settings, "test_volumes": [d.get("id", d["image"]) for d in split["test"]]},
     }
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-    print(f"probe ({backbone}, levels {levels}): {len(test)} test volumes, {len(pairs)} pairs "
-          f"({labeled_volumes} labelled sets of {num_labeled} x {len(seeds)} seeds)")  # fmt: skip
+    print(f"probe ({backbone}, levels {levels}): {len(test)} test volumes, {len(sets)} labelled sets of "
+          f"{num_labeled} (the units) x {len(seeds)} classifier seeds, {len(baselines)} baseline(s)")  # fmt: skip
     print(_result_table(result))
     return out
 
@@ -360,15 +415,29 @@ def _probe_dice(net, sets, test, seeds, levels, feature_stride, num_classes, set
 
 
 def _result_table(result: dict[str, Any]) -> str:
-    """The stdout table: each encoder's mean Dice and pretext accuracy, then A - B with its interval and signs."""
-    sc, ci = result["sign_count"], result["ci95"]
-    lines = [f"{'':12} {'':<40} {'mean Dice':>9} {'pretext acc':>11}"]
-    for role, key in (("encoder A", "encoder"), ("baseline B", "baseline")):
-        spec = str(result[key])
-        name = spec if len(spec) <= 40 else "..." + spec[-37:]
-        lines.append(f"{role:<12} {name:<40} {result['mean_dice'][key]:9.4f} {result['pretext_accuracy'][key]:11.4f}")
-    lines.append(
-        f"A - B: {result['mean_difference']:+.4f}  ci95 [{ci[0]:+.4f}, {ci[1]:+.4f}]  "
-        f"A>B {sc['encoder_better']}  A<B {sc['baseline_better']}  ties {sc['ties']}"
-    )
+    """The stdout table: each encoder's mean Dice and encoder-feature pretext accuracy, then A - B (the baselines'
+    mean, then each baseline) with its t-interval over the labelled sets and the signs."""
+    acc = result["pretext_accuracy_encoder_features"]
+
+    def short(spec: str) -> str:
+        return spec if len(spec) <= 40 else "..." + spec[-37:]
+
+    mean_a = float(np.mean([u["dice_encoder"] for u in result["units"]]))
+    lines = [f"{'':12} {'':<40} {'mean Dice':>9} {'pretext acc (encoder features)':>30}"]
+    lines.append(f"{'encoder A':<12} {short(result['encoder']):<40} {mean_a:9.4f} {acc['encoder']:30.4f}")
+    for b in result["baselines"]:
+        mean_b = float(np.mean([p["dice_baselines"][result["baselines"].index(b)] for p in result["pairs"]]))
+        lines.append(f"{'baseline B':<12} {short(b):<40} {mean_b:9.4f} {acc['per_baseline'][b]:30.4f}")
+
+    def row(name: str, c: dict[str, Any]) -> str:
+        sc, ci = c["sign_count"], c["ci95"]
+        return (
+            f"{name}: {c['mean_difference']:+.4f}  ci95 [{ci[0]:+.4f}, {ci[1]:+.4f}]  "
+            f"A>B {sc['encoder_better']}  A<B {sc['baseline_better']}  ties {sc['ties']}"
+        )
+
+    n = result["independent_units"]
+    lines.append(row(f"A - B (mean of {len(result['baselines'])} baseline(s), t over {n} labelled sets)", result))
+    if len(result["baselines"]) > 1:
+        lines += [row(f"A - {short(b)}", c) for b, c in result["per_baseline"].items()]
     return "\n".join(lines)
