@@ -18,6 +18,7 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
 from ideal_components.distributed import is_main_process, unwrap_network
+from ideal_components.finite import check_finite
 from ideal_components.utils import atomic_path
 
 __all__ = ["build_flexunet_encoder", "flexunet_encoder_channels", "save_encoder", "load_pretrained_encoder"]
@@ -96,7 +97,8 @@ def save_encoder(network: nn.Module, path: str) -> str | None:
     """Write ``network.encoder``'s state dict to ``path`` atomically (what ``pretrained_encoder.pt`` holds).
 
     The file is written to a temporary name in the same folder and renamed, so a crash never leaves a truncated
-    encoder that a later fine-tuning run would load. Under ``torch.distributed`` only rank 0 writes.
+    encoder that a later fine-tuning run would load. Under ``torch.distributed`` only rank 0 writes. An encoder
+    holding NaN/Inf is not written (:class:`~ideal_components.finite.NonFiniteError`).
 
     Args:
         network: a :class:`DenseContrastiveNet`, :class:`TwoBranchFlexibleUNet` or FlexibleUNet, possibly wrapped in
@@ -119,8 +121,10 @@ def save_encoder(network: nn.Module, path: str) -> str | None:
     encoder = getattr(bare, "encoder", None)
     if not isinstance(encoder, nn.Module):
         raise ValueError(f"{type(bare).__name__} has no `encoder` module to save.")
+    state = encoder.state_dict()
+    check_finite(state, f"encoder file {path}")
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, tmp)
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
     logger.info("saved the encoder (%s) to %s", type(encoder).__name__, path)
     return path
 

@@ -11,12 +11,17 @@
   transforms, hence the data-loader workers) at the start of every epoch from ``(seed, epoch, rank)``. An epoch's
   randomness then depends on its number only, which is what makes a resumed run end with the same weights as an
   uninterrupted one.
+- :class:`NonFiniteGuard` stops training at the first non-finite loss (and at non-finite weights or optimiser
+  states, checked every ``interval`` iterations and at every epoch end), naming the iteration, the epoch and the
+  batch's items, before any checkpoint of that epoch is written; :class:`AtomicDiskSaver` refuses to write a file
+  holding NaN/Inf in any case, so the newest checkpoint on disk is always a good one.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import random
 import re
@@ -32,7 +37,8 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver
 
 from ideal_components.data.sampler import set_loader_epoch
-from ideal_components.distributed import get_rank, is_main_process
+from ideal_components.distributed import get_rank, get_world_size, is_main_process
+from ideal_components.finite import NonFiniteError, check_finite, non_finite_entries
 from ideal_components.utils import atomic_path
 
 __all__ = [
@@ -41,6 +47,7 @@ __all__ = [
     "find_latest_checkpoint",
     "CheckpointResumer",
     "EpochSeedHandler",
+    "NonFiniteGuard",
     "NullSummaryWriter",
     "summary_writer",
     "rank_handlers",
@@ -58,17 +65,22 @@ class AtomicDiskSaver(BaseSaveHandler):
     Args:
         dirname: the folder of the checkpoints (created).
         filename: a fixed file name used instead of the one ignite proposes (MONAI's ``key_metric_filename``).
+        refuse_non_finite: raise :class:`~ideal_components.finite.NonFiniteError` instead of writing a checkpoint
+            in which a floating-point tensor holds NaN/Inf (the previous file stays).
     """
 
-    def __init__(self, dirname: str, filename: str | None = None) -> None:
+    def __init__(self, dirname: str, filename: str | None = None, refuse_non_finite: bool = True) -> None:
         self.dirname = str(dirname)
         self.filename = filename
+        self.refuse_non_finite = bool(refuse_non_finite)
         os.makedirs(self.dirname, exist_ok=True)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if not is_main_process():
             return
         path = os.path.join(self.dirname, self.filename or filename)
+        if self.refuse_non_finite:
+            check_finite(checkpoint, f"checkpoint {path}")
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
@@ -292,6 +304,189 @@ class EpochSeedHandler:
         if dataloader is not None and getattr(engine, "_dataloader_iter", None) is not None:
             set_loader_epoch(dataloader, engine.state.epoch)
             engine.set_data(dataloader)
+
+
+def _batch_item_names(batch: Any, paths: Mapping[str, str], limit: int) -> list[str]:
+    """Names of a batch's items from what lives on the host (ids, slice indices, file paths), never a device read.
+
+    ``batch`` is the collated dict or MONAI's decollated list of dicts."""
+    if isinstance(batch, Mapping):
+        ids = batch.get("id")
+        if isinstance(ids, (list, tuple)):
+            slices = batch.get("slice")
+            if isinstance(slices, torch.Tensor):
+                slices = slices.tolist() if slices.device.type == "cpu" else None
+            rows = [
+                {"id": i, "slice": slices[n] if isinstance(slices, (list, tuple)) and n < len(slices) else None}
+                for n, i in enumerate(ids)
+            ]
+        else:
+            return []
+    elif isinstance(batch, (list, tuple)):
+        rows = [b for b in batch if isinstance(b, Mapping)]
+    else:
+        return []
+    groups: dict[tuple[str, str | None], list[str]] = {}  # (id or file, file) -> slices, in batch order
+    for row in rows:
+        name = str(row.get("id")) if row.get("id") is not None else None
+        path = row.get("image") if isinstance(row.get("image"), str) else paths.get(name) if name else None
+        if name is None and path is None:
+            continue
+        sl = row.get("slice")
+        if isinstance(sl, torch.Tensor):
+            sl = int(sl) if sl.device.type == "cpu" and sl.numel() == 1 else None
+        slices = groups.setdefault((name or str(path), None if name is None else path), [])
+        if sl is not None:
+            slices.append(str(sl))
+    names = []
+    for (name, path), slices in list(groups.items())[:limit]:
+        if slices:
+            name += f" slice{'s' if len(slices) > 1 else ''} {', '.join(slices)}"
+        names.append(name + (f" ({path})" if path is not None else ""))
+    if len(groups) > limit:
+        names.append(f"... {len(groups) - limit} more volume(s)")
+    return names
+
+
+class NonFiniteGuard:
+    """Stop training at the first non-finite loss or weight, before anything non-finite is written.
+
+    What is checked, and when:
+
+    - the loss, every iteration. After MONAI's decollation (``decollate=True``, the bundles' setting) it is already a
+      host number and the check costs nothing; a loss still on the device is folded into a device flag (which
+      iteration first went bad) without a host read, and the flag is read at each check point below;
+    - the weights and buffers of ``network`` and the optimiser's state (Adam's moments), at each check point: every
+      ``interval`` iterations and at every ``EPOCH_COMPLETED``, one device-to-host read each. Non-finite gradients
+      show up there after the step; gradients themselves are not checked, since AMP's ``GradScaler`` skips steps
+      with infinite gradients on purpose.
+
+    Attach it before the checkpoint saver and the validation handler (first in ``train#handlers`` after the seed
+    handler): at the end of an epoch it runs first, so a bad epoch raises before its checkpoint, the best model
+    (``model.pt``) or, after ``trainer.run()``, the encoder file is written. The run stops with
+    :class:`~ideal_components.finite.NonFiniteError` naming the iteration, the epoch, the batch's items (``id``,
+    ``slice`` and image file where the batch carries them) and the non-finite tensors; the newest checkpoint on disk
+    is the last good epoch's, so ``--resume True`` continues from it once the cause is fixed. Under
+    ``torch.distributed`` the decision is all-reduced at each check point, so every rank stops together.
+
+    Ignite's ``TerminateOnNan`` was not used: it ends the run with a success status, reads the loss from the device
+    every iteration and names neither the batch nor the weights.
+
+    Args:
+        network: the trained network (its state dict is checked).
+        optimizer: the optimiser (its state is checked), or ``None``.
+        interval: iterations between check points (besides every epoch end); 0: epoch ends only.
+        datalist: the training items, to name an item's image file from its ``id``.
+        loss_key: the loss's key in ``engine.state.output``.
+        max_items: how many of a batch's volumes the message names (their slices grouped).
+
+    Example (bundle config, in ``train#handlers`` after the ``EpochSeedHandler``)::
+
+        {"_target_": "ideal_components.handlers.NonFiniteGuard", "network": "@network",
+         "optimizer": "@optimizer", "interval": "@finite_check_interval", "datalist": "@train#datalist"}
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        optimizer: Any = None,
+        interval: int = 100,
+        datalist: Sequence[Mapping[str, Any]] | None = None,
+        loss_key: str = "loss",
+        max_items: int = 16,
+    ) -> None:
+        self.network = network
+        self.optimizer = optimizer
+        self.interval = max(0, int(interval))
+        self.loss_key = loss_key
+        self.max_items = int(max_items)
+        self._paths = {str(d["id"]): str(d["image"]) for d in datalist or [] if "id" in d and "image" in d}
+        self._first_bad: torch.Tensor | None = None  # device: first iteration with a non-finite loss, 0 if none
+        self._host_bad: str | None = None  # a non-finite host loss waiting for the distributed decision
+        self._recent: dict[int, tuple[int, list[str]]] = {}  # iteration -> (epoch, batch items) since the last check
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
+
+    def _where(self, engine: Engine, iteration: int) -> str:
+        epoch, _ = self._recent.get(iteration, (engine.state.epoch, []))
+        length = engine.state.epoch_length
+        within = f", iteration {(iteration - 1) % length + 1} of {length} in the epoch" if length else ""
+        return f"iteration {iteration} (epoch {epoch}{within})"
+
+    def _batch(self, iteration: int) -> str:
+        items = self._recent.get(iteration, (0, []))[1]
+        return "; batch: " + ", ".join(items) if items else ""
+
+    def _output_loss(self, engine: Engine) -> Any:
+        output = engine.state.output
+        if isinstance(output, (list, tuple)) and output and isinstance(output[0], Mapping):
+            output = output[0]
+        return output.get(self.loss_key) if isinstance(output, Mapping) else None
+
+    def iteration_completed(self, engine: Engine) -> None:
+        iteration = engine.state.iteration
+        self._recent[iteration] = (
+            engine.state.epoch,
+            _batch_item_names(engine.state.batch, self._paths, self.max_items),
+        )
+        loss = self._output_loss(engine)
+        if isinstance(loss, torch.Tensor) and loss.device.type != "cpu":
+            bad = ~torch.isfinite(loss.detach()).all()
+            if self._first_bad is None:
+                self._first_bad = torch.zeros((), dtype=torch.long, device=loss.device)
+            self._first_bad = torch.where((self._first_bad == 0) & bad, iteration, self._first_bad)
+        elif loss is not None and self._host_bad is None:
+            value = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
+            if not math.isfinite(value):
+                self._host_bad = (
+                    f"non-finite loss ({value}) at {self._where(engine, iteration)}{self._batch(iteration)}"
+                )
+                if get_world_size() == 1:
+                    self._stop(engine, self._host_bad)
+        if self.interval and iteration % self.interval == 0:
+            self.check(engine)
+
+    def check(self, engine: Engine) -> None:
+        """A check point: read the deferred loss flag, check the weights and optimiser state, stop if any is bad."""
+        problems = [self._host_bad] if self._host_bad else []
+        if self._first_bad is not None:
+            first = int(self._first_bad.item())
+            if first:
+                problems.append(f"non-finite loss at {self._where(engine, first)}{self._batch(first)}")
+        state = (
+            {"network": self.network}
+            if self.optimizer is None
+            else {"network": self.network, "optimizer": self.optimizer}
+        )
+        bad = non_finite_entries(state)
+        if bad:
+            iteration = engine.state.iteration
+            names = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+            since = sorted(self._recent)
+            span = f"iterations {since[0]}-{since[-1]}" if len(since) > 1 else f"iteration {iteration}"
+            problems.append(
+                f"{len(bad)} weight / optimiser tensor(s) hold NaN/Inf at {self._where(engine, iteration)} "
+                f"({names}); checked every {self.interval or 'epoch'} iteration(s) and at each epoch end, so it "
+                f"went bad during {span}{self._batch(iteration)}"
+            )
+        if get_world_size() > 1:
+            flag = torch.tensor([float(bool(problems))], device=next(self.network.parameters()).device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() and not problems:
+                problems.append("another rank found non-finite values (see its log)")
+        if problems:
+            self._stop(engine, "; ".join(problems))
+        self._recent.clear()
+
+    def _stop(self, engine: Engine, problem: str) -> None:
+        message = (
+            f"training stopped: {problem}. Nothing of this epoch was written (no checkpoint, encoder file or "
+            "model.pt): the newest checkpoint in the models folder is the last good epoch's; fix the cause (data, "
+            "learning rate) and rerun with --resume True to continue from it."
+        )
+        raise NonFiniteError(message)
 
 
 class NullSummaryWriter:
