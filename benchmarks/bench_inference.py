@@ -59,7 +59,8 @@ def _volumes(folder: Path, count: int, shape: tuple[int, int], slices: int) -> N
         nib.save(nib.Nifti1Image(data, affine), str(folder / f"case{i:03d}.nii.gz"))
 
 
-def _workflow(root: Path, inputs: Path, outputs: Path, backbone: str) -> ConfigWorkflow:
+def _workflow(root: Path, inputs: Path, outputs: Path, backbone: str, **overrides) -> ConfigWorkflow:
+    """``inference.json`` as a ConfigWorkflow, initialised; ``overrides``: further config ids (``spatial_size=...``)."""
     wf = ConfigWorkflow(
         config_file=str(CONFIGS / "inference.json"),
         meta_file=str(CONFIGS / "metadata.json"),
@@ -70,6 +71,7 @@ def _workflow(root: Path, inputs: Path, outputs: Path, backbone: str) -> ConfigW
         output_dir=str(outputs),
         backbone=backbone,
         progress=False,
+        **overrides,
     )
     wf.initialize()
     return wf
