@@ -30,7 +30,7 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine would run the real check")
-@pytest.mark.parametrize("script", ["gpu_check.py", "bench_gpu_options.py"])
+@pytest.mark.parametrize("script", ["gpu_check.py", "bench_gpu_options.py", "gpu_profile.py"])
 def test_gpu_scripts_refuse_to_run_without_a_gpu(script):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--output", ""],
