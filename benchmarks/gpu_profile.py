@@ -7,9 +7,13 @@ end-to-end tests, then this script; about 8 minutes on an H100 in all), or alone
     python benchmarks/gpu_profile.py              # writes benchmarks/results/gpu_profile.md (+ .json)
     python benchmarks/gpu_profile.py --cpu        # tiny sizes on the CPU: checks the script (the test suite)
 
-GPU runtime estimate of this script (H100 / H200, ResNet50 at the bundles' sizes): about 1.5 minutes for sections
-1, 2, 4 and the eager rows of 3; each ``torch.compile`` row 20-90 s (compilation, cold caches). The compiled rows run
-last, in order of interest, and are skipped (reported as such) once ``--budget`` (default 300 s) would be exceeded.
+GPU runtime estimate of this script (H100 / H200, ResNet50 at the bundles' sizes; reasoned from the H200 figures of
+``gpu.md`` / ``gpu_options.md``, not yet measured): 15 s of start-up, then about 1.5 minutes for sections 1, 2, 4 and
+the eager rows of 3 (ten variants of about 4 s, three profiles and FLOP counts of about 8 s, the inference runs about
+15 s); each ``torch.compile`` row 30-90 s (compilation with cold caches). The compiled rows run last, in order of
+interest; one starts only while ``--compile-reserve`` (90 s) of the ``--budget`` (default 300 s from start-up) is
+left, and one still running ``--grace`` (30 s) past the budget is stopped: at most budget + grace + 15 s in all,
+about 5.75 minutes with the defaults, 4.5 to 5.5 under ``gpu_profile.sh`` (which gives it what remains of 8 minutes).
 
 At the bundles' sizes (read from ``bundles/ideal_acdc/configs``: backbone, spatial size, fine-tuning batch
 ``labeled_batch_size`` + the rest, pre-training batch and ``feature_level`` / ``head_layers``), cuDNN as the bundles
@@ -26,8 +30,9 @@ set it (``set_determinism``), the engines as ``gpu_check.py`` builds them (its `
    small, and TF32 is float32), achieved FLOP/s; each step's achieved FLOP/s (FLOPs counted by
    ``torch.utils.flop_counter.FlopCounterMode`` over one whole iteration: convolutions, matmuls and the like, forward
    and backward) as a fraction of the ceiling in the precision it uses.
-3. **Variants** of the CPL and pre-training steps: eager float32 (TF32 off: the reference), eager TF32 (torch's
-   defaults, as the bundles run), bf16 autocast without a GradScaler, channels-first, ``torch.compile`` default and
+3. **Variants** of the CPL and pre-training steps: eager float32 (TF32 off: the reference), eager TF32 (convolutions
+   and matmuls; the bundles run torch's defaults, TF32 convolutions and float32 matmuls, which are a small share of
+   the FLOPs), bf16 autocast without a GradScaler, channels-first, ``torch.compile`` default and
    ``mode="reduce-overhead"`` (CUDA graphs). Step time: median over ``--repeats`` runs of ``--steps`` iterations
    after ``--warmup`` runs; the first run's time beyond its steps is reported as compile / warm-up time. Numerical
    equivalence to the eager float32 step, from the same initial weights on the same ``--steps`` batches (the
@@ -189,42 +194,44 @@ def profile_step(run, device: torch.device, steps: int) -> dict:
         run()
         _sync(device)
         wall = time.perf_counter() - t0
-    events = prof.events()
-    cpu_ops = {e.id: e for e in events if e.device_type == DeviceType.CPU}
-    if cuda:
+    self_cpu = None if cuda else {a.key: (a.self_cpu_time_total, a.count) for a in prof.key_averages()}
+    return {"profiled_wall_s": wall / steps, **analyse_events(prof.events(), steps, self_cpu)}
+
+
+def analyse_events(events, steps: int, self_cpu: dict | None = None) -> dict:
+    """From profiler ``events``: busy time (the union of the kernels', memcpys' and memsets' intervals), the top-10
+    kernels by device time and the 10 largest gaps between them, each with the CPU op that launched the kernel after
+    it and that op's outermost caller. ``self_cpu`` (``{name: (self CPU us, calls)}``) given: the CPU's ``aten::``
+    ops instead of kernels, the top-10 by self CPU time. Times per iteration of the ``steps`` profiled."""
+    if self_cpu is None:
         work = [e for e in events if e.device_type == DeviceType.CUDA]
-    else:
-        work = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
-    ordered = sorted(work, key=lambda e: e.time_range.start)
-    merged = _union([(e.time_range.start, e.time_range.end) for e in ordered])
-    busy_us = sum(b - a for a, b in merged)
-    totals: dict[str, list[float]] = {}
-    if cuda:
+        # the ops as called from Python (linked to no other event): what a kernel's linked_correlation_id names
+        launchers = {e.id: e for e in events if e.device_type == DeviceType.CPU and not e.linked_correlation_id}
+        totals: dict[str, list[float]] = {}
         for e in work:
             totals.setdefault(e.name, [0.0, 0])
             totals[e.name][0] += e.time_range.elapsed_us()
             totals[e.name][1] += 1
     else:
-        for avg in prof.key_averages():
-            if avg.key.startswith("aten::"):
-                totals[avg.key] = [avg.self_cpu_time_total, avg.count]
+        work = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+        totals = {name: list(v) for name, v in self_cpu.items() if name.startswith("aten::")}
+    ordered = sorted(work, key=lambda e: e.time_range.start)
+    merged = _union([(e.time_range.start, e.time_range.end) for e in ordered])
+    busy_us = sum(b - a for a, b in merged)
     top = sorted(totals.items(), key=lambda kv: -kv[1][0])[:10]
     # gaps: the idle time between merged intervals; the event that starts after each gap, and what launched it
-    starts = {round(e.time_range.start, 3): e for e in reversed(ordered)}
+    starts = {e.time_range.start: e for e in reversed(ordered)}
     gaps = []
     for (_, end), (start, _) in zip(merged, merged[1:]):
-        after = starts.get(round(start, 3))
-        if after is None:
-            continue
-        if cuda:
-            op = cpu_ops.get(getattr(after, "linked_correlation_id", 0))
+        after = starts[start]
+        if self_cpu is None:
+            op = launchers.get(after.linked_correlation_id)
             origin = f"{op.name} (under {_top_ancestor(op).name})" if op is not None else "?"
         else:
             origin = f"(under {_top_ancestor(after).name})"
         gaps.append((start - end, after.name, origin))
     gaps.sort(key=lambda g: -g[0])
     return {
-        "profiled_wall_s": wall / steps,
         "busy_s": busy_us / 1e6 / steps,
         "events": len(work) / steps,
         "top": [(name, t / 1e6 / steps, n / steps) for name, (t, n) in top],
@@ -275,7 +282,7 @@ class Variant:
 
 EAGER = [
     Variant("eager fp32 (reference)", "fp32"),
-    Variant("eager TF32 (as the bundles)", "tf32"),
+    Variant("eager TF32", "tf32"),
     Variant("eager bf16 autocast", "bf16"),
     Variant("eager TF32, channels-first", "tf32", channels_last=False),
     Variant("eager bf16 autocast, channels-first", "bf16", channels_last=False),
@@ -424,8 +431,10 @@ def compile_stats(v: Variant):
 
     torch._dynamo.reset()
     counters.clear()
-    limit = torch._dynamo.config.recompile_limit
-    torch._dynamo.config.recompile_limit = v.recompile_limit or limit
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    limit = getattr(config, name)
+    setattr(config, name, v.recompile_limit or limit)
     hits = _LimitHits()
     logger = logging.getLogger("torch._dynamo")
     logger.addHandler(hits)
@@ -433,7 +442,7 @@ def compile_stats(v: Variant):
         yield stats
     finally:
         logger.removeHandler(hits)
-        torch._dynamo.config.recompile_limit = limit
+        setattr(config, name, limit)
         stats.update(
             graphs=int(counters["stats"]["unique_graphs"]),
             breaks=int(sum(counters["graph_break"].values())),
@@ -671,7 +680,7 @@ def report(device: torch.device, cfg: dict, res: dict, args: argparse.Namespace,
             "loss | grad | param (bound) | equivalent | graphs / breaks / limit hits |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
-        base = next((r["step_s"] for r in rows if r["variant"].startswith("eager TF32 (") and "step_s" in r), None)
+        base = next((r["step_s"] for r in rows if r["variant"] == "eager TF32" and "step_s" in r), None)
         for r in rows:
             if r["status"] != "ok":
                 lines.append(f"| {r['variant']} | {r['status']} | | | | | | | | | | |")
@@ -719,7 +728,8 @@ def report(device: torch.device, cfg: dict, res: dict, args: argparse.Namespace,
         f"whole batches, timed as the CPL step); validation every {pr['val_interval']} epochs timed as the network "
         "under SliceInferer (section 4). Not counted: data loading (assumed to keep up: one worker feeds 60-75 "
         "steps/s, `benchmarks/results/loader.md`), epoch start-up, checkpoint writes, the final evaluation. "
-        "Bundles: the eager TF32 steps (as the bundles run); fastest: the fastest equivalent variant of section 3.",
+        "Bundles: the steps as the bundles run them (section 1); fastest: the fastest equivalent variant of section "
+        "3.",
         "",
         "| label fraction (%) | labelled / unlabelled patients | iterations (epochs x per epoch) | pre-training (h) | "
         "fine-tuning (h) | validation (h) | total, bundles (h) | total, fastest equivalent (h) |",

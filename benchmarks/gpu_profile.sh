@@ -10,14 +10,14 @@
 #   RESULTS_DIR=$OUT bash benchmarks/gpu_profile.sh     on a CUDA machine
 #   bash benchmarks/gpu_profile.sh --cpu                the profile script alone, tiny, on the CPU (no tests)
 # Other options are passed on to gpu_profile.py (a --budget given there wins). Python packages the machine lacks
-# (monai, ignite, nibabel, fire): wheels in .whl/ (made here by benchmarks/gpu_wheels.sh) are installed into
-# /tmp/site first; the package is used from this tree (PYTHONPATH), not installed.
+# (monai, ignite, nibabel, fire): wheels in .whl/ (made here by benchmarks/gpu_wheels.sh, carried with
+# carry=[".whl"]) are installed into /tmp/site first; the package is used from this tree (PYTHONPATH), not installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 RESULTS_DIR="${RESULTS_DIR:-benchmarks/results}"
 mkdir -p "$RESULTS_DIR"
-if compgen -G ".whl/*.whl" > /dev/null; then
+if ! "$PYTHON" -c "import monai, ignite, nibabel, fire" 2> /dev/null && compgen -G ".whl/*.whl" > /dev/null; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"

@@ -81,3 +81,40 @@ def test_gpu_profile_script_runs_on_cpu(tmp_path):
             _positive(r[key], f"{r['fraction']} {key}")
         assert r["labeled"] + r["unlabeled"] == numbers["protocol"]["patients"] == 78
     assert "| 10 | 8 / 70 |" in text
+
+
+def test_kernel_analysis_busy_time_top_and_gaps(monkeypatch):
+    """The CUDA branch of the profile's analysis, on made-up events (the CPU run above takes the other branch):
+    overlapping kernels count once, the gap before a kernel names the op that launched it and that op's caller."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import Interval
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_profile
+
+    def event(id_, name, device, start, end, linked=0, parent=None):
+        return SimpleNamespace(id=id_, name=name, device_type=device, time_range=Interval(start, end),
+                               linked_correlation_id=linked, cpu_parent=parent)  # fmt: skip
+
+    cpu, cuda = DeviceType.CPU, DeviceType.CUDA
+    step = event(1, "Optimizer.step#Adam.step", cpu, 0, 100)
+    events = [
+        step,
+        event(2, "aten::mm", cpu, 10, 20, parent=step),
+        event(3, "aten::cudnn_convolution", cpu, 0, 5),
+        event(4, "cudaLaunchKernel", cpu, 11, 12, linked=2),  # a runtime call: linked to its op, launches nothing
+        event(5, "conv_kernel", cuda, 0, 30, linked=3),
+        event(6, "Memset", cuda, 10, 40, linked=3),  # overlaps the kernel before: busy 0-40
+        event(7, "gemm", cuda, 100, 110, linked=2),  # after a 60 us gap
+        event(8, "gemm", cuda, 115, 120, linked=2),  # after a 5 us gap
+    ]
+    out = gpu_profile.analyse_events(events, steps=1)
+    assert math.isclose(out["busy_s"], 55e-6) and math.isclose(out["idle_total_s"], 65e-6)
+    assert out["events"] == 4
+    assert dict((name, (t, n)) for name, t, n in out["top"])["gemm"] == (15e-6, 2)
+    assert [(round(g * 1e6), name) for g, name, _ in out["gaps"]] == [(60, "gemm"), (5, "gemm")]
+    assert out["gaps"][0][2] == "aten::mm (under Optimizer.step#Adam.step)"
+    halved = gpu_profile.analyse_events(events, steps=2)  # per iteration of a run of two
+    assert math.isclose(halved["busy_s"], 27.5e-6) and halved["events"] == 2
