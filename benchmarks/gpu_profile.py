@@ -140,14 +140,23 @@ CPU_SIZES = {  # --cpu: a check that the script runs, not a measurement
 @contextlib.contextmanager
 def precision(name: str):
     """float32 convolutions and matmuls in IEEE float32 (``"fp32"``) or TF32 (``"tf32"``, ``"bf16"``) inside; after,
-    torch's settings as they were. The new ``fp32_precision`` API only: mixing it with ``allow_tf32`` raises."""
-    conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    before = conv.fp32_precision, mm.fp32_precision
-    conv.fp32_precision = mm.fp32_precision = "tf32" if PRECISIONS[name][1] else "ieee"
+    torch's settings as they were. The ``fp32_precision`` API where torch has it (from 2.9; mixing it with
+    ``allow_tf32`` raises), else ``allow_tf32``."""
+    tf32 = PRECISIONS[name][1]
+    if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
+        flags = [(torch.backends.cudnn.conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")]
+        value = "tf32" if tf32 else "ieee"
+    else:
+        flags = [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
+        value = tf32
+    before = [getattr(obj, attr) for obj, attr in flags]
+    for obj, attr in flags:
+        setattr(obj, attr, value)
     try:
         yield
     finally:
-        conv.fp32_precision, mm.fp32_precision = before
+        for (obj, attr), old in zip(flags, before):
+            setattr(obj, attr, old)
 
 
 def _clear(device: torch.device) -> None:
@@ -525,8 +534,9 @@ def inference_end_to_end(cfg: dict, device: torch.device, args: argparse.Namespa
 # ---- 5. the paper's protocol -----------------------------------------------------------------------------------
 
 
-def protocol(step_s: dict, fastest_s: dict, network_volumes_s: float, slices_per_volume: float) -> dict:
-    """Estimated hours of pre-training + fine-tuning at each ACDC label fraction with the bundles' defaults."""
+def protocol(step_s: dict, fastest_s: dict, network_volumes_s: float | None, slices_per_volume: float) -> dict:
+    """Estimated hours of pre-training + fine-tuning at each ACDC label fraction with the bundles' defaults
+    (``network_volumes_s`` None: the validation is not timed, counted as 0)."""
     train = json.loads((CONFIGS / "train.json").read_text())
     pre = json.loads((CONFIGS / "pretrain.json").read_text())
     split = PUBLISHED["acdc"]
@@ -542,7 +552,7 @@ def protocol(step_s: dict, fastest_s: dict, network_volumes_s: float, slices_per
             per_epoch = math.floor(len(labeled) * slices_per_volume / train["batch_size"])
         iters = per_epoch * train["max_epochs"]
         validations = train["max_epochs"] // train["val_interval"]
-        val_s = validations * len(split["validation"]) / network_volumes_s
+        val_s = validations * len(split["validation"]) / network_volumes_s if network_volumes_s else 0.0
         hours = {
             key: (pre_iters * s["pre-training"] + iters * s["CPL"] + val_s) / 3600
             for key, s in (("bundles", step_s), ("fastest", fastest_s))
@@ -583,6 +593,26 @@ def _ms(seconds: float) -> str:
 
 def _gib(peak: float | None) -> str:
     return "n/a" if peak is None or math.isnan(peak) else f"{peak:.2f}"
+
+
+def _inference_lines(cfg: dict, inf: dict) -> list[str]:
+    return [
+        "",
+        "## 4. Inference end to end",
+        "",
+        f"{cfg['volumes']} synthetic volumes of {cfg['volume_shape'][0]}x{cfg['volume_shape'][1]}x{cfg['slices']} "
+        f"voxels (1.25 mm, rotated); AMP {'on' if inf['amp'] else 'off'}, channels-last.",
+        "",
+        "| what | volumes/s |",
+        "|---|---:|",
+        f"| `inference.json` end to end (check, load, resample, slice inference, invert, write) | "
+        f"{inf['end_to_end_volumes_s']:.2f} |",
+        f"| network + `SliceInferer` (sw_batch_size 8) on {cfg['slices']} in-memory slices of {cfg['size']}x"
+        f"{cfg['size']} | {inf['network_volumes_s']:.2f} |",
+        "",
+        f"The pipeline around the network: {inf['network_volumes_s'] / inf['end_to_end_volumes_s'] - 1:.0%} over "
+        "the network's time.",
+    ]
 
 
 def report(device: torch.device, cfg: dict, res: dict, args: argparse.Namespace, wall: float) -> str:
@@ -626,11 +656,16 @@ def report(device: torch.device, cfg: dict, res: dict, args: argparse.Namespace,
         "|---|---:|---:|---:|---:|---:|",
     ]
     for step, p in res["profile"].items():
+        if "error" in p:
+            lines.append(f"| {step} | {_ms(p['wall_s'])} | profile failed: {p['error']} | | | |")
+            continue
         lines.append(
             f"| {step} | {_ms(p['wall_s'])} ({_ms(p['profiled_wall_s'])}) | {_ms(p['busy_s'])} | "
             f"{p['busy_s'] / p['wall_s']:.1%} | {p['events']:.0f} | {_ms(p['idle_total_s'])} |"
         )
     for step, p in res["profile"].items():
+        if "error" in p:
+            continue
         lines += ["", f"**{step}: top 10 {what} by {'device' if device.type == 'cuda' else 'self CPU'} time**", ""]
         lines += ["| name | ms per step | calls per step |", "|---|---:|---:|"]
         lines += [f"| `{name[:100]}` | {_ms(t)} | {n:g} |" for name, t, n in p["top"]]
@@ -695,23 +730,10 @@ def report(device: torch.device, cfg: dict, res: dict, args: argparse.Namespace,
 
     # 4
     inf = res["inference"]
-    lines += [
-        "",
-        "## 4. Inference end to end",
-        "",
-        f"{cfg['volumes']} synthetic volumes of {cfg['volume_shape'][0]}x{cfg['volume_shape'][1]}x{cfg['slices']} "
-        f"voxels (1.25 mm, rotated); AMP {'on' if inf['amp'] else 'off'}, channels-last.",
-        "",
-        "| what | volumes/s |",
-        "|---|---:|",
-        f"| `inference.json` end to end (check, load, resample, slice inference, invert, write) | "
-        f"{inf['end_to_end_volumes_s']:.2f} |",
-        f"| network + `SliceInferer` (sw_batch_size 8) on {cfg['slices']} in-memory slices of {cfg['size']}x"
-        f"{cfg['size']} | {inf['network_volumes_s']:.2f} |",
-        "",
-        f"The pipeline around the network: {inf['network_volumes_s'] / inf['end_to_end_volumes_s'] - 1:.0%} over "
-        "the network's time.",
-    ]
+    if "error" in inf:
+        lines += ["", "## 4. Inference end to end", "", f"Failed: {inf['error']}"]
+    else:
+        lines += _inference_lines(cfg, inf)
 
     # 5
     pr = res["protocol"]
@@ -811,12 +833,18 @@ def main(argv: list[str] | None = None) -> str:
     for step, build in builders.items():
         engine = build()
         res["flops"][step] = step_flops(engine.run) // args.steps
-        res["profile"][step] = profile_step(engine.run, device, args.steps)
+        try:
+            res["profile"][step] = profile_step(engine.run, device, args.steps)
+        except Exception as exc:  # the step's time and FLOPs still count
+            res["profile"][step] = {"error": _first_line(exc)}
         res["profile"][step]["wall_s"] = time_runs(engine.run, device, args.warmup, args.repeats)[0] / args.steps
         del engine
         _clear(device)
         print(f"profile {step}: done", flush=True)
-    res["inference"] = inference_end_to_end(cfg, device, args)
+    try:
+        res["inference"] = inference_end_to_end(cfg, device, args)
+    except Exception as exc:  # the other sections still count
+        res["inference"] = {"error": _first_line(exc)}
     print("inference: done", flush=True)
     res["variants"] = variants(cfg, device, args, res["flops"], res["ceilings"], deadline)
 
@@ -829,7 +857,10 @@ def main(argv: list[str] | None = None) -> str:
     best = {step: fastest(step) for step in STEPS}
     res["fastest"] = "; ".join(f"{step}: {name} ({_ms(sec)} ms)" for step, (sec, name) in best.items())
     res["protocol"] = protocol(
-        as_bundles, {k: v[0] for k, v in best.items()}, res["inference"]["network_volumes_s"], args.slices_per_volume
+        as_bundles,
+        {k: v[0] for k, v in best.items()},
+        res["inference"].get("network_volumes_s"),
+        args.slices_per_volume,
     )
     _sync(device)
     text = report(device, cfg, res, args, time.perf_counter() - t0)
