@@ -2,8 +2,10 @@
 
 The archive holds an explicit allow-list of the bundle's files (``LICENSE``, ``configs/*``, ``docs/*``) plus a
 generated ``large_files.yml`` naming the weights (``models/model.pt``) with their URL and md5, as the zoo does for
-files too large to commit, and the bundle's code: a byte-for-byte copy of this package in
-``scripts/ideal_components/`` with a ``scripts/__init__.py`` that puts the copy first on the import path. The configs
+files too large to commit, and the bundle's code: byte-for-byte copies of the modules of this package that the
+bundle's configs reach (:func:`reached_modules`: what the configs name, and what those modules import, transitively;
+not the phantom generator, the sweep or the probe) in ``scripts/ideal_components/``, with a ``scripts/__init__.py``
+that puts the copy first on the import path. The configs
 import ``scripts`` before ``ideal_components``, so an unpacked archive runs where only the packages of its
 ``metadata.json`` are installed (from the bundle folder, or wherever the bundle folder is on the import path, as the
 zoo's own tools arrange), and its code is the code its configs were packed with. In the repository there is no
@@ -23,11 +25,14 @@ a local ``file://`` URL::
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any, Iterator
 
 from ideal_components.utils import md5sum
 
@@ -39,6 +44,9 @@ __all__ = [
     "package_bundle",
     "large_files_yml",
     "md5sum",
+    "package_modules",
+    "config_references",
+    "reached_modules",
     "vendored_files",
     "scripts_init",
 ]
@@ -128,21 +136,139 @@ def _bundle_files(root: Path) -> list[str]:
     return sorted(files)
 
 
-def vendored_files() -> list[tuple[str, Path]]:
-    """``(path in the archive, source file)`` for every module of this package, as packed under ``scripts/``.
+def package_modules() -> dict[str, Path]:
+    """``dotted module name -> source file`` for every module of this package (caches and hidden files skipped).
 
     Example::
 
-        >>> ("scripts/ideal_components/losses.py", _PACKAGE_ROOT / "losses.py") in vendored_files()
+        >>> package_modules()["ideal_components.data.sampler"] == _PACKAGE_ROOT / "data" / "sampler.py"
         True
     """
-    files = []
+    modules = {}
     for src in sorted(_PACKAGE_ROOT.rglob("*.py")):
         rel = src.relative_to(_PACKAGE_ROOT)
         if any(part in _SKIPPED_NAMES or part.startswith(".") for part in rel.parts):
             continue
-        files.append((f"{SCRIPTS_DIR}/{_PACKAGE_ROOT.name}/{rel.as_posix()}", src))
-    return files
+        parts = [_PACKAGE_ROOT.name, *rel.with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = src
+    return modules
+
+
+_DOTTED = re.compile(rf"\b{_PACKAGE_ROOT.name}(?:\.[A-Za-z_]\w*)*")
+
+
+def _resolve(dotted: str, modules: dict[str, Path]) -> set[str]:
+    """The module that ``dotted`` (a module, or an attribute of one) lives in, with its parent packages."""
+    parts = dotted.split(".")
+    while parts and ".".join(parts) not in modules:
+        parts.pop()  # an attribute (``sampler.batches_per_pass``): the longest prefix that is a module
+    return {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
+
+
+def _dotted_attribute(node: ast.AST) -> str | None:
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(names)]) if isinstance(node, ast.Name) else None
+
+
+def _code_references(tree: ast.AST, module: str, is_package: bool) -> Iterator[str]:
+    """Dotted names of this package that ``tree`` imports (anywhere, also inside functions) or reaches by attribute
+    access (``ideal_components.handlers.summary_writer(...)``, as bundle expressions do)."""
+    root = _PACKAGE_ROOT.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.split(".")[0] == root)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if base.split(".")[0] == root:
+                yield base
+                yield from (f"{base}.{a.name}" for a in node.names)  # ``from pkg import module`` names a module
+        elif isinstance(node, ast.Attribute):
+            dotted = _dotted_attribute(node)
+            if dotted and dotted.split(".")[0] == root:
+                yield dotted
+
+
+def _json_strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _json_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _json_strings(v)
+
+
+def config_references(configs_dir: str | os.PathLike) -> set[str]:
+    """The modules of this package (with their parent packages) that the JSON configs of ``configs_dir`` name: in
+    ``$`` expressions (imports and ``ideal_components.x.y`` attribute chains), ``_target_`` values and any other
+    string that spells a dotted name of the package."""
+    modules, found = package_modules(), set()
+    for path in sorted(Path(configs_dir).glob("*.json")):
+        for text in _json_strings(json.loads(path.read_text(encoding="utf-8"))):
+            names = set(_DOTTED.findall(text))
+            if text.startswith("$"):
+                try:
+                    names.update(_code_references(ast.parse(text[1:].strip()), "", False))
+                except SyntaxError:
+                    pass  # not Python on its own (the regular expression above still saw its names)
+            for name in names:
+                found |= _resolve(name, modules)
+    return found
+
+
+def reached_modules(configs_dir: str | os.PathLike) -> list[str]:
+    """The sorted modules of this package that the configs of ``configs_dir`` need: :func:`config_references`, and
+    every module those import, transitively (imports inside functions included, so a code path that runs only in
+    some configurations still finds its module). The package's lazy ``__getattr__`` imports are not followed: a
+    module reached only that way is named by the configs themselves.
+
+    Example (from the repository root)::
+
+        >>> mods = reached_modules("bundles/ideal_acdc/configs")
+        >>> "ideal_components.losses" in mods, "ideal_components.synthetic" in mods
+        (True, False)
+    """
+    modules = package_modules()
+    todo, seen = sorted(config_references(configs_dir)), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        src = modules[name]
+        tree = ast.parse(src.read_text(encoding="utf-8"), filename=str(src))
+        for ref in _code_references(tree, name, src.name == "__init__.py"):
+            todo.extend(sorted(_resolve(ref, modules) - seen))
+    return sorted(seen)
+
+
+def vendored_files(configs_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``(path in the archive, source file)`` of every module that the configs of ``configs_dir`` reach
+    (:func:`reached_modules`), as packed under ``scripts/``.
+
+    Example (from the repository root)::
+
+        >>> files = vendored_files("bundles/ideal_acdc/configs")
+        >>> ("scripts/ideal_components/losses.py", _PACKAGE_ROOT / "losses.py") in files
+        True
+    """
+    modules = package_modules()
+    files = []
+    for name in reached_modules(configs_dir):
+        src = modules[name]
+        files.append((f"{SCRIPTS_DIR}/{_PACKAGE_ROOT.name}/{src.relative_to(_PACKAGE_ROOT).as_posix()}", src))
+    return sorted(files)
 
 
 def scripts_init(version: str) -> str:
@@ -190,7 +316,7 @@ def package_bundle(
     The bundle name is the folder name, the version is ``configs/metadata.json``'s ``version`` (which must be in its
     ``changelog``). Only ``LICENSE``, ``configs/*`` and ``docs/*`` are packed (hidden files and caches skipped), plus
     a generated ``large_files.yml`` listing ``models/model.pt`` with ``url`` and the md5 of ``weights``, and the
-    bundle's code (:func:`vendored_files` and :func:`scripts_init` under ``scripts/``). Members are
+    code its configs reach (:func:`vendored_files` and :func:`scripts_init` under ``scripts/``). Members are
     sorted and carry fixed timestamps, so the same inputs give the same bytes; the archive is written to a
     temporary file next to the target and moved into place with ``os.replace``.
 
@@ -234,7 +360,7 @@ def package_bundle(
     members: list[tuple[str, Path | bytes]] = [(rel, root / rel) for rel in _bundle_files(root)]
     members.append(("large_files.yml", large_files_yml(WEIGHTS_PATH, url=url, hash_val=hash_val).encode("utf-8")))
     members.append((f"{SCRIPTS_DIR}/__init__.py", scripts_init(__version__).encode("utf-8")))
-    members += vendored_files()
+    members += vendored_files(root / "configs")
     if include_weights and weights_path is not None:
         members.append((WEIGHTS_PATH, weights_path))
     members.sort(key=lambda m: m[0])

@@ -1,9 +1,11 @@
 """A bundle archive carries its own code: it runs where ``ideal_components`` is not installed, and its code cannot
-drift from the package's (the archive holds byte-for-byte copies, checked here)."""
+drift from the package's (the archive holds byte-for-byte copies, checked here). It carries the modules its configs
+reach, not the whole package, and its docs link only to what is in the archive."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -16,7 +18,7 @@ import torch
 from bundle_runs import TINY, tiny_acdc
 from monai.networks.nets import FlexibleUNet
 
-from ideal_components.package import SCRIPTS_DIR, package_bundle, vendored_files
+from ideal_components.package import SCRIPTS_DIR, package_bundle, package_modules, reached_modules, vendored_files
 
 REPO = Path(__file__).resolve().parents[1]
 WITHOUT_PACKAGE = REPO / "tests" / "without_package.py"
@@ -62,15 +64,52 @@ def _bundle_run(root: Path, config: str, *args: str, bundle_root: str = ".") -> 
     return out
 
 
-def test_archive_code_is_the_package(unpacked):
+def test_archive_code_is_what_the_configs_reach(unpacked):
+    """``scripts/`` holds byte-for-byte copies of the modules the configs reach, and nothing else of the package."""
     packed = sorted(str(p.relative_to(unpacked)) for p in (unpacked / SCRIPTS_DIR).rglob("*.py"))
-    expected = sorted([arc for arc, _ in vendored_files()] + [f"{SCRIPTS_DIR}/__init__.py"])
-    assert packed == expected
-    for arc, src in vendored_files():
+    expected = vendored_files(unpacked / "configs")
+    assert packed == sorted([arc for arc, _ in expected] + [f"{SCRIPTS_DIR}/__init__.py"])
+    for arc, src in expected:
         assert (unpacked / arc).read_bytes() == src.read_bytes(), arc
-    assert sorted(p.name for p in (REPO / "ideal_components").glob("*.py")) == sorted(
-        p.name for p in (unpacked / SCRIPTS_DIR / "ideal_components").glob("*.py")
+    reached = set(reached_modules(unpacked / "configs"))
+    # what the configs name, what those import (also inside functions: the raw-resolution metrics read the datasets'
+    # layouts), and evaluate.json's report with its figures
+    for needed in ["losses", "engines", "inference", "data.sampler", "evaluation.raw_resolution", "data.acdc"]:
+        assert f"ideal_components.{needed}" in reached, needed
+    assert "ideal_components.reporting.figures" in reached
+    # not the phantoms, the sweep, the probe, the command line or the packer itself
+    left_out = set(package_modules()) - reached
+    for name in ["synthetic", "synthetic.acdc", "experiments.sweep", "experiments.probe", "cli", "package"]:
+        assert f"ideal_components.{name}" in left_out, name
+
+
+def test_packed_code_imports_without_the_package(unpacked, tmp_path):
+    """Every packed module imports from the trimmed copy (so none imports a module that was left out at import
+    time; imports inside functions are followed by :func:`reached_modules`), and every dotted name of the package in
+    the configs resolves there."""
+    names = sorted(
+        {
+            m
+            for text in (unpacked / "configs").glob("*.json")
+            for m in re.findall(r"ideal_components(?:\.\w+)+", text.read_text())
+        }
     )
+    check = (
+        "import importlib, sys\n"
+        "import scripts\n"
+        f"for module in {reached_modules(unpacked / 'configs')!r}:\n"
+        "    importlib.import_module(module)\n"
+        f"for dotted in {names!r}:\n"
+        "    parts = dotted.split('.')\n"
+        "    obj = importlib.import_module(parts[0])\n"
+        "    for part in parts[1:]:\n"
+        "        obj = getattr(obj, part)\n"
+        "print('resolved', len(sys.modules))\n"
+    )
+    (unpacked / "check_imports.py").write_text(check)
+    out = _run_without_package(unpacked, "check_imports")
+    assert "resolved" in out
+    assert f"ideal_components imported from {unpacked / SCRIPTS_DIR / 'ideal_components' / '__init__.py'}" in out
 
 
 def test_every_config_imports_the_packed_code_first(unpacked):
@@ -137,3 +176,7 @@ def test_inference_and_training_run_from_the_archive_without_the_package(unpacke
         args = [*TINY, "--dataset_dir", str(prepared), "--use_pretrained", "False", "--max_epochs", "1"]
         _bundle_run(unpacked, "configs/train.json", *args, "--val_interval", "1", bundle_root=str(run))
         assert (run / "models" / "model.pt").is_file()
+        # evaluate.json reaches the most code (metrics, raw-resolution metrics, the report and its figures)
+        configs = "['configs/train.json','configs/evaluate.json']"
+        _bundle_run(unpacked, configs, *TINY, "--dataset_dir", str(prepared), bundle_root=str(run))
+        assert (run / "eval" / "metrics_summary.json").is_file() and (run / "eval" / "report.md").is_file()
