@@ -650,7 +650,8 @@ def report(device: torch.device, cfg: dict, res: dict, args: argparse.Namespace,
         "",
         f"As the bundles run (channels-last, AMP {'on' if default_amp(device) else 'off'}, TF32 convolutions). Busy: "
         f"the union of the {what}' intervals, per step; wall: the unprofiled median (the profiled step, in brackets, "
-        "carries the profiler's own overhead, and so do the gaps).",
+        "carries the profiler's own overhead, and so do the gaps)."
+        + (" On the CPU the ops' own times carry that overhead too: busy can exceed the wall." if args.cpu else ""),
         "",
         "| step | wall (ms) | busy (ms) | busy / wall | events per step | idle between first and last (ms) |",
         "|---|---:|---:|---:|---:|---:|",
