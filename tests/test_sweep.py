@@ -312,6 +312,32 @@ def test_results_table_from_cell_outputs(tmp_path, fake_data):
     ideal_csv = [dict(zip(header, line.split(","))) for line in csv_lines[1:] if line.startswith("ideal,IDEAL,10,")]
     assert float(ideal_csv[0]["dice_mean"]) == pytest.approx(0.7) and ideal_csv[0]["paper_hd"] == "2.094"
     assert ideal_csv[0]["seeds"] == "0 1" and ideal_csv[0]["units"] == "mm"
+    # the plot: a PNG of the rows with values
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_results_draws_means_and_intervals(tmp_path, monkeypatch):
+    """One line per method at the fractions it has; the error bar is the t-interval of its seeds."""
+    from ideal_components.experiments import results as res
+
+    drawn = []
+    monkeypatch.setattr(res, "_save_figure", lambda fig, path: drawn.append(fig.axes[0]))
+    rows = [
+        {"label": "CPS", "fraction": "2.5", "dice_values": [0.5, 0.6, 0.55]},
+        {"label": "CPS", "fraction": "10", "dice_values": [0.6]},
+        {"label": "Supervised", "fraction": "10", "dice_values": [0.4, 0.45]},
+        {"label": "IDEAL", "fraction": "10", "dice_values": []},
+    ]
+    assert res.plot_results(rows, str(tmp_path / "p.png"), fraction_labels={"2.5": "1 volume"})
+    ax = drawn[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1 volume", "10 %"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["CPS (3 seeds)", "Supervised (2 seeds)"]
+    cps = ax.containers[0]
+    line, bars = cps.lines[0], cps.lines[2][0]  # (data line, cap lines, bar collections)
+    assert list(line.get_ydata()) == pytest.approx([0.55, 0.6]) and len(bars.get_segments()) == 2
+    lo, hi = res.t_interval([0.5, 0.6, 0.55])
+    assert bars.get_segments()[0][:, 1] == pytest.approx([lo, hi])
+    assert not res.plot_results([{"label": "x", "fraction": "10", "dice_values": []}], str(tmp_path / "q.png"))
 
 
 def test_paired_differences(tmp_path, fake_data):

@@ -15,6 +15,7 @@ import numpy as np
 
 from ideal_components.evaluation.metrics import METRIC_NAMES
 from ideal_components.facts import PAPER_BASELINES, PAPER_RESULTS
+from ideal_components.reporting.figures import _pyplot, _save_figure
 from ideal_components.reporting.tables import _fmt, _read_json
 from ideal_components.utils import atomic_write_text
 
@@ -22,7 +23,7 @@ from .compare import paired_differences, paired_markdown, t_interval
 from .methods import METHODS
 from .plan import SUMMARY_REL, SweepPlan
 
-__all__ = ["collect_results", "results_markdown", "results_csv", "write_results"]
+__all__ = ["collect_results", "results_markdown", "results_csv", "plot_results", "write_results"]
 
 #: metrics shown in the Markdown table: key -> (label, has a unit)
 _TABLE_METRICS: dict[str, tuple[str, bool]] = {"dice": ("DSC ↑", False), "hd95": ("HD95", True), "asd": ("ASD", True)}
@@ -215,8 +216,66 @@ def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def plot_results(
+    rows: Sequence[Mapping[str, Any]],
+    path: str,
+    title: str | None = None,
+    fraction_labels: Mapping[str, str] | None = None,
+    metric: str = "dice",
+) -> bool:
+    """Test ``metric`` against the label fraction, one line per method: the mean over the seeds done with its
+    Student-t 95 % interval as error bars (a single seed: the point alone). Written atomically as a PNG.
+
+    Args:
+        rows: :func:`collect_results` rows (``label``, ``fraction``, ``<metric>_values``).
+        path: the PNG.
+        title: the figure's title.
+        fraction_labels: tick label per fraction key (e.g. ``{"2.5": "1 volume"}``); default ``"<fraction> %"``.
+        metric: the metric key.
+
+    Returns:
+        False when no row has a value (nothing written), True otherwise.
+
+    Example:
+        >>> rows = [{"label": "CPS", "fraction": "10", "dice_values": [0.6, 0.62, 0.58]}]
+        >>> plot_results(rows, "results.png")  # doctest: +SKIP
+        True
+    """
+    fractions = sorted({str(r["fraction"]) for r in rows if r.get(f"{metric}_values")}, key=_num)
+    if not fractions:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    labels = list(dict.fromkeys(str(r["label"]) for r in rows if r.get(f"{metric}_values")))
+    width = 0.5 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        xs, means, errs = [], [], [[], []]
+        for r in rows:
+            values = r.get(f"{metric}_values") or []
+            if str(r["label"]) != label or not values:
+                continue
+            mean, (lo, hi) = float(np.mean(values)), t_interval(values)
+            xs.append(fractions.index(str(r["fraction"])) + (i - (len(labels) - 1) / 2) * width)
+            means.append(mean)
+            errs[0].append(mean - lo if math.isfinite(lo) else 0.0)
+            errs[1].append(hi - mean if math.isfinite(hi) else 0.0)
+        n = max(len(r.get(f"{metric}_values") or []) for r in rows if str(r["label"]) == label)
+        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=f"{label} ({n} seeds)")
+    ax.set_xticks(range(len(fractions)))
+    ax.set_xticklabels([(fraction_labels or {}).get(f, f"{f} %") for f in fractions])
+    ax.set_xlabel("labelled data")
+    ax.set_ylabel(f"test {metric} (mean, 95 % t-interval over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    _save_figure(fig, path)
+    return True
+
+
 def write_results(plan: SweepPlan, title: str | None = None) -> tuple[str, str]:
-    """Collect the results of ``plan.out`` and write ``results.md`` and ``results.csv`` (atomically).
+    """Collect the results of ``plan.out`` and write ``results.md``, ``results.csv`` and the plot ``results.png``
+    (:func:`plot_results`; once a cell is done), atomically.
 
     Returns:
         ``(markdown text, path of results.md)``.
@@ -229,4 +288,5 @@ def write_results(plan: SweepPlan, title: str | None = None) -> tuple[str, str]:
         md += "\n## Paired differences (test DSC)\n\n" + paired_markdown(paired)
     atomic_write_text(plan.results_md, md)
     atomic_write_text(plan.results_csv, results_csv(rows))
+    plot_results(rows, str(Path(plan.out) / "results.png"), title=title or f"{dataset} label-fraction sweep")
     return md, plan.results_md
