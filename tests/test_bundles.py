@@ -392,6 +392,39 @@ def test_mmwhs_configs_are_written_from_acdc():
     )
 
 
+def test_bundle_readmes_are_written_from_the_template():
+    """Both bundles' docs/README.md are bundles/README.template.md with each bundle's values filled in, byte for byte
+    (so the two READMEs cannot drift apart, nor from the configs' defaults)."""
+    stale = _sync_bundles().readme_differences()
+    assert not stale, (
+        f"{[str(p.relative_to(REPO)) for p in stale]} are not what tools/sync_bundles.py writes: edit "
+        "bundles/README.template.md (a dataset's own text in its bundle's dataset_values.json), then run "
+        "`python tools/sync_bundles.py`"
+    )
+
+
+def test_sync_bundles_readme_follows_template_and_configs(tmp_path):
+    sync = _sync_bundles()
+    source, target = tmp_path / "ideal_acdc", tmp_path / "ideal_mmwhs"
+    for bundle, path in [("ideal_acdc", source), ("ideal_mmwhs", target)]:
+        shutil.copytree(REPO / "bundles" / bundle / "configs", path / "configs")
+        shutil.copytree(REPO / "bundles" / bundle / "docs", path / "docs")
+        shutil.copy(REPO / "bundles" / bundle / "dataset_values.json", path)
+    template = tmp_path / "README.template.md"
+    shutil.copy(sync.TEMPLATE, template)
+    assert sync.readme_differences(source, target, template) == []
+    train = json.loads((source / "configs" / "train.json").read_text())
+    train["spatial_size"] = [224, 224]  # ACDC's default changes: its README follows, MM-WHS keeps its own value
+    (source / "configs" / "train.json").write_text(sync.config_text(train))
+    assert sync.readme_differences(source, target, template) == [source / "docs" / "README.md"]
+    assert "`[224, 224]`" in sync.readmes(source, target, template)[source / "docs" / "README.md"].decode()
+    template.write_text(template.read_text() + "\nOne more line.\n")  # a template change reaches both
+    assert len(sync.readme_differences(source, target, template)) == 2
+    template.write_text(template.read_text() + "{{no_such_value}}\n")
+    with pytest.raises(KeyError, match="no_such_value"):
+        sync.readmes(source, target, template)
+
+
 def test_sync_bundles_catches_drift_and_renamed_ids(tmp_path):
     sync = _sync_bundles()
     source, target = tmp_path / "acdc", tmp_path / "mmwhs"
