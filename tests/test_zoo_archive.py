@@ -42,6 +42,72 @@ def unpacked(request, tmp_path_factory) -> Path:
     return base / "unpacked" / bundle
 
 
+_MD_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)")  # [text](target), ![alt](target)
+_REF_LINK = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?([^\s>]+)", re.M)  # [label]: target
+_HTML_LINK = re.compile(r"(?:href|src)\s*=\s*[\"']([^\"']+)[\"']", re.I)
+_CODE = re.compile(r"`([^`\s]+)`")
+# top-level folders of an archive that a doc may name as paths (`configs/train.json`); files at its top
+ARCHIVE_DIRS, ARCHIVE_FILES = ("configs/", "docs/", "scripts/"), ("LICENSE", "large_files.yml")
+# a path into a folder of the project repository that an archive never holds, in prose, code or commands
+_REPOSITORY_PATH = re.compile(r"(?<![\w/.-])(?:bundles|benchmarks|tests|tools|ideal_components)/[\w./-]*")
+
+
+def broken_links(root: Path) -> list[str]:
+    """Every relative link of the docs under ``root / "docs"`` (Markdown, reference-style and HTML links, resolved
+    from the doc's folder) that does not resolve to a file inside ``root``, every code-quoted path into the archive's
+    own folders (`configs/...`, `docs/...`, `scripts/...`, resolved from ``root``) that is missing, and every path or
+    phrase that points into the project repository instead of the archive."""
+    broken = []
+    for doc in sorted(p for p in (root / "docs").rglob("*") if p.is_file() and p.suffix in {".md", ".txt", ".html"}):
+        text, name = doc.read_text(encoding="utf-8"), doc.relative_to(root).as_posix()
+        for target in _MD_LINK.findall(text) + _REF_LINK.findall(text) + _HTML_LINK.findall(text):
+            if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL (http:, mailto:, ...) or an anchor of the same page
+            path = (doc.parent / target.split("#")[0].split("?")[0]).resolve()
+            if not path.is_relative_to(root.resolve()) or not path.exists():
+                broken.append(f"{name}: link {target}")
+        for quoted in _CODE.findall(text):
+            quoted = quoted.rstrip(".,;:)")
+            if any(c in quoted for c in "*<>{}$") or "..." in quoted:
+                continue  # a pattern or a placeholder, not a path
+            if (quoted.startswith(ARCHIVE_DIRS) or quoted in ARCHIVE_FILES) and not (root / quoted).exists():
+                broken.append(f"{name}: {quoted} is not in the archive")
+        broken += [f"{name}: {path} is a path of the project repository" for path in _REPOSITORY_PATH.findall(text)]
+        if re.search(r"repository's\s+README", text):
+            broken.append(f"{name}: points to the repository's README")
+    return broken
+
+
+def test_broken_links_finds_what_is_not_in_the_archive(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "train.json").write_text("{}")
+    (tmp_path / "docs" / "data_license.txt").write_text("terms")
+    (tmp_path / "docs" / "README.md").write_text(
+        "[ok](data_license.txt) [ok](../configs/train.json#x) [web](https://example.org) [here](#performance) "
+        "`configs/train.json` `models/model.pt` `configs/*.json`\n"
+        "[gone](results_pretraining.md) [out](../../README.md) `docs/results_pretraining.md` "
+        "`benchmarks/results/gpu.md` `bundles/ideal_acdc/configs/train.json`\n[ref]: missing.png\n"
+        "```\npython -m monai.bundle run --config_file bundles/ideal_acdc/configs/pretrain.json\n```\n"
+        "Figures are in the repository's\nREADME.\n"
+    )
+    assert broken_links(tmp_path) == [
+        "docs/README.md: link results_pretraining.md",
+        "docs/README.md: link ../../README.md",
+        "docs/README.md: link missing.png",
+        "docs/README.md: docs/results_pretraining.md is not in the archive",
+        "docs/README.md: benchmarks/results/gpu.md is a path of the project repository",
+        "docs/README.md: bundles/ideal_acdc/configs/train.json is a path of the project repository",
+        "docs/README.md: bundles/ideal_acdc/configs/pretrain.json is a path of the project repository",
+        "docs/README.md: points to the repository's README",
+    ]
+
+
+def test_every_relative_link_of_the_docs_resolves_inside_the_archive(unpacked):
+    assert (unpacked / "docs" / "README.md").is_file()
+    assert not broken_links(unpacked)
+
+
 def _run_without_package(root: Path, *args: str, timeout: int = 900) -> str:
     cmd = [sys.executable, str(WITHOUT_PACKAGE), *args]
     proc = subprocess.run(cmd, cwd=str(root), capture_output=True, text=True, timeout=timeout)
