@@ -532,3 +532,16 @@ def test_phantom_sweep_interrupted_and_resumed(tmp_path):
         f"{m}/f10/seed0/{k}": "done" for m in ("supervised", "cps") for k in ("train", "evaluate")
     }
     assert os.path.isfile(out / "results.csv")
+
+
+def test_hard_sweep_plot_reads_the_committed_table():
+    """The README's plot reads its values from docs/results_hard_sweep.md, per seed, nothing typed in again."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_hard_sweep", REPO / "benchmarks" / "plot_hard_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.read_table(REPO / "docs" / "results_hard_sweep.md")
+    assert len(rows) == 18 and {r["fraction"] for r in rows} == {"2.5", "10", "100"}
+    cell = {(r["label"], r["fraction"]): r["dice_values"] for r in rows}
+    assert cell[("Supervised", "2.5")] == [0.415, 0.462, 0.473] and cell[("CPS", "10")] == [0.621, 0.620, 0.508]

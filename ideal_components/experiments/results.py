@@ -264,7 +264,8 @@ def plot_results(
     ax.set_xticks(range(len(fractions)))
     ax.set_xticklabels([(fraction_labels or {}).get(f, f"{f} %") for f in fractions])
     ax.set_xlabel("labelled data")
-    ax.set_ylabel(f"test {metric} (mean, 95 % t-interval over seeds)")
+    name = {"dice": "Dice", "hd95": "HD95", "asd": "ASD"}.get(metric, metric)
+    ax.set_ylabel(f"test {name} (mean, 95 % t-interval over seeds)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     if title:
