@@ -97,3 +97,32 @@ def test_the_packed_code_needs_only_what_the_metadata_lists(bundle):
     for module, files in imports.items():
         dists = {_norm(d) for d in distributions.get(module, [])}
         assert dists & listed, f"{module} (imported by {sorted(files)}) comes from {dists or 'nothing installed'}"
+
+
+def test_one_version_everywhere():
+    """The bundles' metadata, the package, setup.cfg and the archive names the README shows carry one version."""
+    import ideal_components
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    version = ideal_components.__version__
+    assert cfg["metadata"]["version"] == version
+    for bundle in BUNDLES:
+        assert _metadata(bundle)["version"] == version, bundle
+    for path in [REPO / "README.md", REPO / "ideal_components" / "package.py"]:
+        names = set(re.findall(r"ideal_(?:acdc|mmwhs)_v(\d+\.\d+\.\d+)\.zip", path.read_text()))
+        assert names <= {version}, f"{path.name} names archives of version {sorted(names)}, not {version}"
+
+
+# the newest entry summarises a whole release; the others say what changed in about one line
+MAX_CHANGELOG_ENTRY = 200
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_changelog_entries_are_one_line(bundle):
+    """The zoo's changelog style: one line per version, newest first; the longer story lives in the docs."""
+    changelog = _metadata(bundle)["changelog"]
+    versions = [tuple(int(n) for n in v.split(".")) for v in changelog]
+    assert versions == sorted(versions, reverse=True)
+    for entry_version, entry in changelog.items():
+        assert "\n" not in entry and len(entry) <= MAX_CHANGELOG_ENTRY, f"{bundle} {entry_version}: {len(entry)} chars"
