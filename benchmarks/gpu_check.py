@@ -131,10 +131,11 @@ def pretrain_batch(cfg: dict) -> dict[str, torch.Tensor]:
 
 def pretrain_engine(cfg: dict, device: torch.device, amp: bool, loader: list | None = None, channels_last: bool = True,
                     net_kwargs: dict | None = None, **kwargs) -> ContrastivePretrainTrainer:  # fmt: skip
-    """The pre-training engine; ``net_kwargs`` override the network's ``feature_level=-2, momentum=0.99``."""
+    """The pre-training engine; ``net_kwargs`` override the network's ``feature_level=-2, momentum=0.99,
+    head_layers=2`` (the settings its recorded timings used)."""
     loader = [pretrain_batch(cfg)] if loader is None else loader
     torch.manual_seed(0)
-    net_kwargs = {"feature_level": -2, "momentum": 0.99, **(net_kwargs or {})}
+    net_kwargs = {"feature_level": -2, "momentum": 0.99, "head_layers": 2, **(net_kwargs or {})}
     net = _net(DenseContrastiveNet(backbone=cfg["backbone"], **net_kwargs), device, channels_last)
     return ContrastivePretrainTrainer(
         device=device, max_epochs=1, epoch_length=len(loader), train_data_loader=loader, network=net, amp=amp,

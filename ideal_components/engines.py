@@ -313,7 +313,8 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
             (per iteration, both axes, circular so that no filled band gives the shift away; cells of the coarsest
             projected map) and compare only the overlapping cells. With views of identical geometry a network can
             match location *i* to location *i* from position alone (padding makes absolute position visible); the
-            shift removes that shortcut while keeping exact correspondences. ``0``: off.
+            shift removes that shortcut while keeping exact correspondences. Default 2, as ``pretrain.json``
+            (without the shift the pre-training learns position and fine-tuning from it collapses); ``0``: off.
         **kwargs: :class:`~monai.engines.SupervisedTrainer`'s other arguments, passed on with its defaults (one
             exception: ``compile_kwargs`` defaults to ``{"dynamic": False}``); see ``_TwoStageTrainerBase``.
             With ``accumulation_steps`` the momentum update follows each optimizer step; ``compile`` compiles the
@@ -342,7 +343,7 @@ class ContrastivePretrainTrainer(_TwoStageTrainerBase):
         loss_function: Callable,
         prepare_batch: Callable | None = None,
         view_keys: Sequence[str] = ("image", "image_view2"),
-        max_shift: int = 0,
+        max_shift: int = 2,
         **kwargs: Any,
     ) -> None:
         view_keys = tuple(view_keys)

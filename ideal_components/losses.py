@@ -160,9 +160,10 @@ class LocalContrastiveLoss(_Loss):
             similarity matrix becomes ``(B*N, B*N)``, memory ``O((B*N)^2)``).
         symmetric: average the query->key and key->query losses (the key->query logits are the transposed
             query->key logits, so this costs one more cross-entropy, no further matrix product).
-        max_locations: if set (>= 2) and an image has more locations, compute the loss on ``max_locations``
-            locations drawn at random without replacement, independently per image, the same locations in the
-            query and the key map. Memory then is ``O(B * max_locations^2)`` instead of ``O(B * N^2)``. The draw
+        max_locations: if set (>= 2; default 1024, as ``pretrain.json``) and an image has more locations, compute
+            the loss on ``max_locations`` locations drawn at random without replacement, independently per image,
+            the same locations in the query and the key map. Memory then is ``O(B * max_locations^2)`` instead of
+            ``O(B * N^2)``; ``None``: every location. The draw
             uses ``generator`` when given (it must live on the device of the features or on the CPU), otherwise
             torch's global RNG of the features' device (seeded by ``monai.utils.set_determinism``).
         reduction: ``"mean"`` (mean over the batch of the per-image losses), ``"sum"`` (their sum) or ``"none"``
@@ -190,7 +191,7 @@ class LocalContrastiveLoss(_Loss):
         temperature: float = 0.1,
         batch_negatives: bool = False,
         symmetric: bool = False,
-        max_locations: int | None = None,
+        max_locations: int | None = 1024,
         reduction: LossReduction | str = LossReduction.MEAN,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -481,7 +482,9 @@ class CrossPseudoLabelLoss(_Loss):
 
     Args:
         unlabeled_weight: weight ``>= 0`` of the cross pseudo-label term (after ramp-up).
-        rampup_epochs: length of the sigmoid ramp-up of the unlabelled weight, in epochs (0: no ramp-up).
+        rampup_epochs: length of the sigmoid ramp-up of the unlabelled weight, in epochs (0, the default: no
+            ramp-up). The bundles use 0.1 x ``max_epochs`` (``train.json``'s ``rampup_fraction``), a length this
+            loss cannot know, so it is not the default here.
         confidence_threshold: in ``[0, 1)``; pseudo-labels whose confidence is below it are ignored.
         dice_weight: weight ``>= 0`` of the soft Dice terms on labelled samples (0: not computed).
         check_values: also check the values of the inputs on every call (flags 0/1, label finite, integer and in

@@ -259,8 +259,9 @@ class DenseContrastiveNet(nn.Module):
         head_out_channels: projection channels, default 128.
         momentum: key encoder momentum ``m`` in ``[0, 1]``; ``k = m * k + (1 - m) * q``.
         pool_before_head: global average pooling before the head (the Global-CL baseline): output ``(B, out, 1, 1)``.
-        head_layers: number of 1x1 convolutions of each head (1: the paper's single 1x1 convolution; 2: a DenseCL
-            style two-layer head with BatchNorm and ReLU between).
+        head_layers: number of 1x1 convolutions of each head (1, the default: the paper's single 1x1 convolution,
+            as ``pretrain.json``; 2: a DenseCL style two-layer head with BatchNorm and ReLU between, as
+            ``pretrain_global.json`` sets for Global CL).
         pretrained: passed to the backbone.
 
     Shapes:
@@ -287,7 +288,7 @@ class DenseContrastiveNet(nn.Module):
         head_out_channels: int = 128,
         momentum: float = 0.99,
         pool_before_head: bool = False,
-        head_layers: int = 2,
+        head_layers: int = 1,
         pretrained: bool = False,
     ) -> None:
         super().__init__()
