@@ -1,21 +1,18 @@
 """Batch normalisation with separate statistics per group of a batch, in one forward.
 
-Cross-pseudo-label batches mix a few labelled volumes (half of every batch) with many unlabelled ones. Normalising
-both groups with the statistics of the mixed batch biases them (see
-:class:`~ideal_components.engines.CrossPseudoLabelTrainer`), so each group must be normalised with its own batch
-statistics. Two forwards (one per group) do that but split every convolution into two half batches, which wastes
-the parallelism of the whole batch, on a GPU most of all. :class:`GroupBatchNorm2d` (and its 1D / 3D versions)
-runs the convolutions once on the whole batch and only the normalisation per group: on the CPU with PyTorch's own
-kernels writing into slices of one output, on CUDA with cuDNN's BatchNorm per group and one concatenation (fewer
-kernel launches; :func:`default_implementation` says why). The outputs, the loss and every gradient equal those of
-one forward per group (``tests/test_batchnorm.py`` checks 1e-5 on ResNet18 and ResNet50, both implementations).
+Cross-pseudo-label batches mix a few labelled volumes (half of every batch) with many unlabelled ones; normalising
+both groups with the mixed batch's statistics biases them (see
+:class:`~ideal_components.engines.CrossPseudoLabelTrainer`). One forward per group avoids that but splits every
+convolution into half batches. :class:`GroupBatchNorm2d` (and its 1D / 3D versions) runs the convolutions once on
+the whole batch and normalises each group with its own statistics; outputs, loss and gradients equal one forward per
+group (``tests/test_batchnorm.py`` checks 1e-5 on ResNet18 and ResNet50). How the groups are normalised
+(``"slices"`` or ``"concat"``, the same numbers) is :func:`default_implementation`'s choice per device.
 
-Running statistics: in training mode each group updates the running mean and variance in turn, in batch order
-(the labelled group first when the trainer sorts the batch), exactly as one forward per group would: with momentum
-``m`` one step gives ``r <- (1 - m)^2 r + m (1 - m) mean_labelled + m mean_unlabelled``. Inference (eval mode)
-uses these running statistics, an exponential average over both groups. They are dominated by unlabelled slices
-(the bulk of the data a model meets at test time) but not biased towards the labelled few; validation in the
-bundles uses them too, so the selected checkpoint is the one that does best with them.
+Running statistics: in training mode each group updates the running mean and variance in turn, in batch order (the
+labelled group first when the trainer sorts the batch), exactly as one forward per group would: with momentum ``m``
+one step gives ``r <- (1 - m)^2 r + m (1 - m) mean_labelled + m mean_unlabelled``. Inference and the bundles'
+validation (eval mode) use these running statistics, dominated by the unlabelled slices but not biased towards the
+labelled few, so the checkpoint selected is the one that does best with them.
 
 Use :func:`convert_group_batch_norm` to swap a network's BatchNorm layers (sharing their parameters and buffers,
 so state dicts and optimizers are unaffected) and :func:`batch_norm_groups` to set the group sizes for a forward.
@@ -105,11 +102,9 @@ class _GroupBatchNormFunction(torch.autograd.Function):
 def default_implementation(device_type: str) -> str:
     """The per-group BatchNorm implementation used on a device type when none is set.
 
-    ``"slices"`` on the CPU, where writing into slices of one output saves copying every activation forward and
-    backward (see ``_GroupBatchNormFunction``); ``"concat"`` elsewhere: on CUDA the step seems bound by
-    kernel launches and Python overhead at the bundles' sizes (not profiled), and cuDNN's BatchNorm per group plus
-    one concatenation took 0.65-0.85x the time of ``"slices"`` in one run on an H200
-    (``benchmarks/results/gpu_options.md``); other devices get the stock kernels, which every backend has.
+    ``"slices"`` on the CPU: the native kernels write into slices of one output, no copy of the activations (see
+    ``_GroupBatchNormFunction``). ``"concat"`` elsewhere: on CUDA cuDNN's BatchNorm per group plus one concatenation
+    was the faster of the two (``benchmarks/results/gpu_options.md``), and every backend has the stock kernels.
 
     Example::
 

@@ -2,10 +2,10 @@
 
 glibc's ``malloc`` serves blocks above a threshold (at most 32 MB) with ``mmap`` and returns them with ``munmap``
 when freed. A training step on 192x192 slices allocates activations of that size (e.g. 8x32x192x192 float32 =
-38 MB) and frees them again, so every step maps fresh pages that the kernel must fault in and zero: on the 2-core
-machine of ``benchmarks/results/train_step.md`` that is a third of a ResNet50 cross-pseudo-label step. Turning off
-``mmap`` and heap trimming makes the allocator reuse freed memory, as jemalloc / tcmalloc (PyTorch's CPU tuning
-advice) do. The price: the process keeps its peak memory until it exits.
+38 MB) and frees them again, so every step maps fresh pages that the kernel must fault in and zero, a large share of
+a CPU step (``benchmarks/results/train_step_options.md``). Turning off ``mmap`` and heap trimming makes the allocator
+reuse freed memory, as jemalloc / tcmalloc (PyTorch's CPU tuning advice) do. The price: the process keeps its peak
+memory until it exits.
 
 The bundles call :func:`retain_freed_memory` at start on CPU (``initialize`` of ``pretrain.json`` / ``train.json``);
 the same effect without code is ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=18446744073709551615`` in the environment.

@@ -57,14 +57,13 @@ __all__ = [
 def default_amp(device: torch.device | str) -> bool:
     """Whether the bundles train and infer with mixed precision (``amp``) by default on ``device``.
 
-    - CPU (and other non-CUDA devices): no, float32.
-    - CUDA GPUs before Ampere (compute capability < 8): yes. Their float32 convolutions have no tensor cores;
-      float16 is the way to them (reasoned, not measured here).
-    - CUDA GPUs from Ampere on: no. cuDNN already runs float32 convolutions on TF32 tensor cores, and on an H200 at
-      ACDC's defaults AMP was never faster: the fine-tuning step was 1.02-1.52x slower with it in two runs,
-      inference slower too (``benchmarks/results/gpu_options.md``, ``gpu.md``). One GPU: a slower one may rank
-      them differently, and ``benchmarks/bench_gpu_options.py`` measures yours. ``--amp True`` turns it on.
-    - ROCm (``torch.version.hip``): yes, as before this rule; its capabilities are not NVIDIA's and were not measured.
+    - CPU (and other non-CUDA devices): no.
+    - CUDA before Ampere (compute capability < 8): yes; their float32 convolutions have no tensor cores (reasoned,
+      not measured).
+    - CUDA from Ampere on: no; cuDNN already runs float32 convolutions on TF32 tensor cores, and AMP was not faster
+      on the GPU measured (``benchmarks/results/gpu_options.md``; ``benchmarks/bench_gpu_options.py`` measures
+      yours). ``--amp True`` turns it on.
+    - ROCm (``torch.version.hip``): yes (not measured).
 
     Args:
         device: the device of the run, a ``torch.device`` or its string (``"cuda:1"``, ``"cpu"``).
@@ -480,9 +479,9 @@ class CrossPseudoLabelTrainer(_TwoStageTrainerBase):
         loss_function: e.g. :class:`~ideal_components.losses.CrossPseudoLabelLoss`.
         labeled_key: batch key of the 0/1 flags.
         batch_statistics: how the labelled and the unlabelled slices get their BatchNorm batch statistics.
-            With one joint forward the few labelled volumes, which fill half of every batch, bias the statistics:
-            on the 10 % phantom demo (``make demo``) the test Dice was 0.24 with joint statistics and 0.86 with
-            statistics per group, while the validation Dice looked fine in both. The options:
+            With one joint forward the few labelled volumes, which fill half of every batch, bias the statistics
+            and the test Dice collapses while the validation Dice looks fine (measured on the demo:
+            ``docs/demo.md``). The options:
 
             - ``"per_group"`` (default): one forward of the whole batch; the network's BatchNorm layers are
               converted (in place, parameters and state dict unchanged) to
