@@ -71,21 +71,21 @@ def test_comparison_over_units():
 @pytest.mark.parametrize("pair", [("random:0", "random:1"), ("random:2", "random:3"), ("random:4", "random:5")])
 def test_random_vs_random(prepared, tmp_path, pair):
     """Random against random, three different pairs of seeds: with the labelled set as the unit (5 sets, the
-    classifier seeds averaged within each) the interval contains 0. (The old bootstrap over the 9 correlated
+    classifier seeds averaged within each) the interval contains 0. (The old bootstrap over 9 correlated
     (set, seed) pairs excluded 0 for random:2 vs random:3 on this data.)"""
     a, b = pair
-    res = _run(prepared, tmp_path / "p.json", a, b, seeds="0,1,2", labeled_volumes=5, steps=60)
+    res = _run(prepared, tmp_path / "p.json", a, b, seeds="0,1", labeled_volumes=5, steps=40)
     assert set(res) >= {"encoder", "baseline", "mean_difference", "ci95", "pairs", "units", "independent_units"}
     assert (res["encoder"], res["baseline"], res["baselines"]) == (a, b, [b])
     pairs, units = res["pairs"], res["units"]
-    assert res["independent_units"] == len(units) == 5 and len(pairs) == 15
-    assert [p["seed"] for p in pairs] == [0, 1, 2] * 5
+    assert res["independent_units"] == len(units) == 5 and len(pairs) == 10
+    assert [p["seed"] for p in pairs] == [0, 1] * 5
     assert len({tuple(u["labeled"]) for u in units}) == 5 and all(len(u["labeled"]) == 1 for u in units)
     for p in pairs:
         assert 0.0 <= p["dice_encoder"] <= 1.0 and p["dice_baselines"] == [p["dice_baseline"]]
         assert p["difference"] == pytest.approx(p["dice_encoder"] - p["dice_baseline"])
     for i, u in enumerate(units):  # a unit is its set's seeds averaged
-        assert u["difference"] == pytest.approx(np.mean([p["difference"] for p in pairs[3 * i : 3 * i + 3]]))
+        assert u["difference"] == pytest.approx(np.mean([p["difference"] for p in pairs[2 * i : 2 * i + 2]]))
     diffs = [u["difference"] for u in units]
     assert len(set(diffs)) > 1 and any(d != 0 for d in diffs)  # not trivially null: the encoders differ
     assert res["mean_difference"] == pytest.approx(np.mean(diffs))
@@ -94,7 +94,7 @@ def test_random_vs_random(prepared, tmp_path, pair):
     assert sum(res["sign_count"].values()) == 5
     acc = res["pretext_accuracy_encoder_features"]
     assert 0.0 <= acc["encoder"] <= 1.0 and acc["baseline"] == acc["per_baseline"][b]
-    assert res["settings"]["backbone"] == "resnet10" and res["settings"]["seeds"] == [0, 1, 2]
+    assert res["settings"]["backbone"] == "resnet10" and res["settings"]["seeds"] == [0, 1]
 
 
 def test_several_baselines(prepared, tmp_path):
