@@ -109,7 +109,7 @@ def test_one_version_everywhere():
     assert cfg["metadata"]["version"] == version
     for bundle in BUNDLES:
         assert _metadata(bundle)["version"] == version, bundle
-    for path in [REPO / "README.md", REPO / "ideal_components" / "package.py"]:
+    for path in [REPO / "README.md", REPO / "docs" / "sharing.md", REPO / "ideal_components" / "package.py"]:
         names = set(re.findall(r"ideal_(?:acdc|mmwhs)_v(\d+\.\d+\.\d+)\.zip", path.read_text()))
         assert names <= {version}, f"{path.name} names archives of version {sorted(names)}, not {version}"
 
