@@ -28,6 +28,9 @@ _SUBMODULES = (
     "losses",
     "networks",
     "reporting",
+    "rival_engines",
+    "rival_losses",
+    "rival_networks",
     "synthetic",
     "transforms",
 )

@@ -10,7 +10,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = ("acdc", "checks", "io", "mmwhs", "prepare", "preprocessing", "sampler", "slices", "splits")
+_SUBMODULES = (
+    "acdc",
+    "checks",
+    "io",
+    "mmwhs",
+    "partition_sampler",
+    "prepare",
+    "preprocessing",
+    "sampler",
+    "slices",
+    "splits",
+)
 
 
 def __getattr__(name: str) -> Any:
