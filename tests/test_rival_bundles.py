@@ -60,7 +60,7 @@ def test_check_properties(bundle, names, tmp_path, prepared):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
-def test_rival_settings_reach_their_components(bundle, prepared):
+def test_rival_settings_reach_their_components(bundle, prepared, tmp_path):
     from ideal_components.data.partition_sampler import VolumePartitionBatchSampler
     from ideal_components.rival_engines import TwoViewContrastiveTrainer
 
@@ -68,6 +68,7 @@ def test_rival_settings_reach_their_components(bundle, prepared):
         p = ConfigParser()
         p.read_config(_configs(bundle, names))
         p.update({"backbone": "resnet10", "dataset_dir": str(prepared[bundle]), "num_workers": 0, **over})
+        p["bundle_root"] = str(tmp_path)  # the summary writer's folder
         return p
 
     pcl = parser(RIVALS[0], position_threshold=0.2, temperature=0.3)
