@@ -54,4 +54,17 @@ METHODS: dict[str, MethodSpec] = {
         "IDEAL", ("pretrain.json",), ("train.json",), "dense local pre-training, cross-pseudo-label fine-tuning"
     ),
     "cps": MethodSpec("CPS", None, ("train.json",), "cross-pseudo-label fine-tuning, random init (ablation)"),
+    "pcl": MethodSpec(
+        "PCL + CPS",
+        ("pretrain.json", "pretrain_pcl.json"),
+        ("train.json",),
+        "PCL's positional contrastive pre-training (Zeng et al. 2021), cross-pseudo-label fine-tuning",
+    ),
+    "pcl_sup": MethodSpec(
+        "PCL",
+        ("pretrain.json", "pretrain_pcl.json"),
+        ("train.json", "train_supervised.json"),
+        "PCL's positional contrastive pre-training, supervised fine-tuning (the rival as published)",
+        pretrain_owner="pcl",
+    ),
 }

@@ -11,6 +11,8 @@ A sweep runs, for every seed ``k``, method ``m`` and label fraction ``f``, the b
 - ``ideal``: pre-training ``pretrain.json``, then ``train.json`` (cross pseudo-labels);
 - ``cps`` (ablation): no pre-training; ``train.json`` from scratch;
 - ``global_cps`` (ablation): ``global_cl``'s pre-training (run once), then ``train.json`` (cross pseudo-labels).
+- ``pcl`` / ``pcl_sup`` (rival): PCL's pre-training ``pretrain.json`` + ``pretrain_pcl.json`` (run once), then
+  ``train.json`` (cross pseudo-labels) / ``train.json`` + ``train_supervised.json``.
 
 Pre-training does not depend on the label fraction: it runs once per (pre-training, seed) and every fraction's cell
 of the methods that use it starts from its encoder.
@@ -188,7 +190,8 @@ def sweep(
     Args:
         bundle: the bundle folder (``bundles/ideal_acdc``).
         fractions: label fractions, ``"1.25,2.5,10,100"``, a tuple or a number; default the dataset's published ones.
-        methods: among ``supervised``, ``global_cl``, ``ideal`` and the ablations ``local_cl``, ``cps``, ``global_cps``.
+        methods: among ``supervised``, ``global_cl``, ``ideal``, the ablations ``local_cl``, ``cps``, ``global_cps``
+            and the rival ``pcl`` / ``pcl_sup``.
         seeds: ``"0,1,2"``, a tuple or an int.
         dataset_dir: the prepared dataset (with ``datalist.json``); default ``<bundle>/data/prepared``.
         out: the sweep folder; default ``runs/sweep_<dataset>``.
