@@ -165,7 +165,9 @@ def _kill_config(path: Path, names: tuple[str, ...]) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("names", RIVALS[:2], ids=lambda n: n[1])
+# Chaitanya's stage 1 only (suite time): it runs the new trainer with the new volume x partition sampler; PCL runs the
+# same trainer with the sampler whose resume test_resume.py covers
+@pytest.mark.parametrize("names", RIVALS[1:2], ids=lambda n: n[1])
 def test_rival_pretraining_resumes_to_identical_weights(names, tmp_path):
     prepared = tiny_acdc(tmp_path / "data")[1]
     args = [*TINY, "--dataset_dir", str(prepared), "--max_epochs", "3", "--batch_size", "8"]
