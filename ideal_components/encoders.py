@@ -21,7 +21,13 @@ from ideal_components.distributed import is_main_process, unwrap_network
 from ideal_components.finite import check_finite
 from ideal_components.utils import atomic_path
 
-__all__ = ["build_flexunet_encoder", "flexunet_encoder_channels", "save_encoder", "load_pretrained_encoder"]
+__all__ = [
+    "build_flexunet_encoder",
+    "flexunet_encoder_channels",
+    "save_submodule",
+    "save_encoder",
+    "load_pretrained_encoder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +99,30 @@ def _extract_encoder_state(obj: Any, path: str) -> Mapping[str, Any]:
     return obj
 
 
+def save_submodule(network: nn.Module, name: str, path: str) -> nn.Module | None:
+    """Write the state dict of ``network.<name>`` (on the bare module of a DDP wrapper) to ``path`` atomically, as
+    CPU tensors; a state holding NaN/Inf is refused (:class:`~ideal_components.finite.NonFiniteError`). Only the main
+    process writes.
+
+    Returns:
+        the written submodule on the main process, else ``None``.
+
+    Raises:
+        ValueError: the network has no module ``name``.
+    """
+    if not is_main_process():
+        return None
+    bare = unwrap_network(network)
+    module = getattr(bare, name, None)
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"{type(bare).__name__} has no `{name}` module to save.")
+    state = module.state_dict()
+    check_finite(state, f"{name} file {path}")
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
+    return module
+
+
 def save_encoder(network: nn.Module, path: str) -> str | None:
     """Write ``network.encoder``'s state dict to ``path`` atomically (what ``pretrained_encoder.pt`` holds).
 
@@ -115,16 +145,9 @@ def save_encoder(network: nn.Module, path: str) -> str | None:
         net2 = TwoBranchFlexibleUNet(out_channels=4, backbone="resnet10")
         load_pretrained_encoder(net2, "models/pretrained_encoder.pt")
     """
-    if not is_main_process():
+    encoder = save_submodule(network, "encoder", path)
+    if encoder is None:
         return None
-    bare = unwrap_network(network)
-    encoder = getattr(bare, "encoder", None)
-    if not isinstance(encoder, nn.Module):
-        raise ValueError(f"{type(bare).__name__} has no `encoder` module to save.")
-    state = encoder.state_dict()
-    check_finite(state, f"encoder file {path}")
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
     logger.info("saved the encoder (%s) to %s", type(encoder).__name__, path)
     return path
 

@@ -23,10 +23,9 @@ import torch
 from monai.networks.nets import FlexibleUNet
 from torch import nn
 
-from ideal_components.distributed import is_main_process, unwrap_network
-from ideal_components.finite import check_finite
+from ideal_components.distributed import unwrap_network
+from ideal_components.encoders import save_submodule
 from ideal_components.networks import DenseProjectionHead
-from ideal_components.utils import atomic_path
 
 __all__ = ["DecoderContrastiveNet", "save_decoder", "load_pretrained_decoder"]
 
@@ -128,17 +127,11 @@ def save_decoder(network: nn.Module, path: str) -> str | None:
     Returns:
         ``path`` on the rank that wrote it, else ``None``.
     """
-    if not is_main_process():
+    decoder = save_submodule(network, "decoder", path)
+    if decoder is None:
         return None
-    bare = unwrap_network(network)
-    decoder = getattr(bare, "decoder", None)
-    if not isinstance(decoder, nn.Module):
-        raise ValueError(f"{type(bare).__name__} has no `decoder` module to save.")
-    state = decoder.state_dict()
-    check_finite(state, f"decoder file {path}")
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
-    logger.info("saved %d decoder block(s) to %s", len({_BLOCK.match(k).group(1) for k in state}), path)
+    blocks = {_BLOCK.match(k).group(1) for k in decoder.state_dict()}
+    logger.info("saved %d decoder block(s) to %s", len(blocks), path)
     return path
 
 
