@@ -34,7 +34,10 @@ def _kill_and_resume(config, prepared, root, tmp_path, kill_at, args):
     return out
 
 
-def test_pretrain_resumes_to_identical_weights(prepared, tmp_path):
+def test_pretrain_resumes_to_identical_weights(prepared, tmp_path, monkeypatch):
+    # one intra-op thread: with 2 threads in the main process and 2 loader workers competing for the 2 cores, two
+    # uninterrupted runs already differ in the last bits (measured; the op was not identified; docs/operations.md)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     args = ["--max_epochs", "3", "--num_workers", "2"]  # workers: their seeds must also be restored
     ref, cut = tmp_path / "uninterrupted", tmp_path / "killed"
     run_bundle_ok("ideal_acdc", ["pretrain.json"], ref, *TINY, "--dataset_dir", str(prepared), *args)
