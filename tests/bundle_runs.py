@@ -63,10 +63,12 @@ def tiny_acdc(base: Path, patients: int = 6, seed: int = 1) -> tuple[Path, Path]
     return raw, prepared
 
 
-def kill_config(path: Path, bundle: str, config: str) -> Path:
-    """A config merged last that SIGKILLs the run after ``kill_at_iteration`` iterations (the bundle's own run list
-    follows, so the run is the real one up to the kill)."""
-    base = json.loads((config_dir(bundle) / config).read_text())
+def kill_config(path: Path, bundle: str, *configs: str) -> Path:
+    """A config merged last over ``configs`` that SIGKILLs the run after ``kill_at_iteration`` iterations (the merged
+    configs' own run list follows, so the run is the real one up to the kill)."""
+    base: dict = {}
+    for config in configs:  # top-level ids of a later config replace an earlier one's, as in a merged run
+        base.update(json.loads((config_dir(bundle) / config).read_text()))
     extra = {
         "imports": base["imports"] + ["$import signal"],
         "kill_at_iteration": 0,

@@ -4,12 +4,11 @@ loading into ``train.json``) and a resume after SIGKILL."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from bundle_runs import TINY, config_dir, run_bundle_ok, run_bundle_process, tiny_acdc
+from bundle_runs import TINY, config_dir, kill_config, run_bundle_ok, run_bundle_process, tiny_acdc
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,23 +146,6 @@ def test_rivals_run_and_their_weights_load_into_train(tmp_path):
     assert "loaded pretrained decoder block(s) [0, 1, 2]" in out
 
 
-def _kill_config(path: Path, names: tuple[str, ...]) -> Path:
-    """Merged last: SIGKILL the run after ``kill_at_iteration`` iterations (the merged configs' own run list
-    follows)."""
-    merged = ConfigParser()
-    merged.read_config(_configs("ideal_acdc", names))
-    extra = {
-        "imports": merged["imports"] + ["$import signal"],
-        "kill_at_iteration": 0,
-        "kill_handler": "$lambda engine: os.kill(os.getpid(), signal.SIGKILL) "
-        "if engine.state.iteration == @kill_at_iteration else None",
-        "run": ["$@train#trainer.add_event_handler(ignite.engine.Events.ITERATION_COMPLETED, @kill_handler)"]
-        + merged["run"],
-    }
-    path.write_text(json.dumps(extra, indent=1))
-    return path
-
-
 @pytest.mark.slow
 # Chaitanya's stage 1 only (suite time): it runs the new trainer with the new volume x partition sampler; PCL runs the
 # same trainer with the sampler whose resume test_resume.py covers
@@ -174,7 +156,7 @@ def test_rival_pretraining_resumes_to_identical_weights(names, tmp_path):
     ref, cut = tmp_path / "uninterrupted", tmp_path / "killed"
     run_bundle_ok("ideal_acdc", list(names), ref, *args)
     a = torch.load(ref / "models" / "pretrain_checkpoint_epoch=3.pt", weights_only=True)
-    killer = _kill_config(tmp_path / "kill.json", names)
+    killer = kill_config(tmp_path / "kill.json", "ideal_acdc", *names)
     kill_at = str(a["trainer"]["epoch_length"] + 1)  # in epoch 2
     proc = run_bundle_process("ideal_acdc", [*names, killer], cut, *args, "--kill_at_iteration", kill_at)
     assert proc.returncode == -9, f"the run was not killed (exit {proc.returncode})\n{proc.stderr[-3000:]}"
