@@ -15,7 +15,8 @@ What it does, in this order, for each length (optimiser steps, ``--lengths 90,90
    ``snapshots/<method>/seed<k>/steps<N>.pt`` after each. The steps per epoch come from the prepared data; a length
    is rounded to whole epochs and the table names the steps actually made.
 3. **probe**: each snapshot against ``random:0,random:1,random:2`` (``python -m ideal_components probe``, 5 single
-   labelled volumes, classifier seeds 0-2).
+   labelled volumes, classifier seeds 0-2); the random encoders' results are cached in ``probe_cache`` and fitted
+   once for all snapshots.
 4. **fine-tuning**: a sweep per length into ``finetune/steps<N>`` (``ideal``, ``local_cl`` from the local snapshot,
    ``global_cps``, ``global_cl`` from the global one), the snapshot placed where the sweep reads its encoder; ``cps``
    and ``supervised`` (random init, independent of the length) run once into ``finetune/random`` and are copied into
@@ -123,13 +124,14 @@ def pretrain_snapshot(prepared: Path, out: Path, method: str, seed: int, epochs:
     return snapshot
 
 
-def probe_snapshot(prepared: Path, snapshot: Path, setup: dict) -> dict:
-    """The probe of one snapshot against three random encoders (its JSON, computed once)."""
+def probe_snapshot(prepared: Path, snapshot: Path, setup: dict, cache_dir: Path) -> dict:
+    """The probe of one snapshot against three random encoders (its JSON, computed once; the random encoders'
+    results are kept in ``cache_dir`` and shared by every snapshot's probe)."""
     report = snapshot.with_suffix(".probe.json")
     if not report.is_file():
         cmd = [sys.executable, "-m", "ideal_components", "probe", "--dataset_dir", str(prepared), "--encoder",
                str(snapshot), "--baseline", "random:0,random:1,random:2", "--backbone", setup["schedule"]["backbone"],
-               "--out", str(report), *setup["probe"]]  # fmt: skip
+               "--out", str(report), "--cache_dir", str(cache_dir), *setup["probe"]]  # fmt: skip
         _run(cmd, snapshot.with_suffix(".probe.log"))
     return json.loads(report.read_text())
 
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             for method in pretrain:
                 snapshots[(method, seed)] = pretrain_snapshot(prepared, out, method, seed, e, setup)
                 if args.stop_after != "pretrain":
-                    probe_snapshot(prepared, snapshots[(method, seed)], setup)
+                    probe_snapshot(prepared, snapshots[(method, seed)], setup, out / "probe_cache")
             atomic_write_text(str(results), report(out, lengths, seeds, methods, command))
         if args.stop_after == "finetune" and methods:
             finetune_methods = [m for m in methods if m in RANDOM_METHODS or any(

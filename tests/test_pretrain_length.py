@@ -48,9 +48,12 @@ def test_pretrain_length_driver(tmp_path):
     uninterrupted = torch.load(direct / "models" / "pretrained_encoder.pt", weights_only=True)
     assert all(torch.equal(uninterrupted[k], two[k]) for k in two)
 
-    for s in snaps:
-        probe = json.loads(s.with_suffix(".probe.json").read_text())
+    probes = [json.loads(s.with_suffix(".probe.json").read_text()) for s in snaps]
+    for probe in probes:
         assert probe["baselines"] == ["random:0", "random:1", "random:2"] and probe["independent_units"] == 2
+    # the random encoders are fitted once (cached) and the same figures serve both snapshots' probes
+    assert len(list((out / "probe_cache").glob("random*.json"))) == 3
+    assert [p["dice_baselines"] for p in probes[0]["pairs"]] == [p["dice_baselines"] for p in probes[1]["pairs"]]
     for steps in (per_epoch, 2 * per_epoch):
         folder = out / "finetune" / f"steps{steps}"
         done = sorted(p.relative_to(folder).parts[:3] for p in folder.glob("*/f*/seed0/eval/metrics_summary.json"))

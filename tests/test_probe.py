@@ -182,3 +182,42 @@ def test_cli(prepared, tmp_path):
     assert f"A - B (mean of 1 baseline(s), t over 2 labelled sets): {res['mean_difference']:+.4f}" in proc.stdout
     assert "ci95 [" in proc.stdout
     assert "ties" in proc.stdout and "probe:" not in proc.stderr  # no progress bar with --progress false
+
+
+def test_cache_reuses_an_encoders_results(prepared, tmp_path, monkeypatch):
+    """With ``cache_dir`` an encoder probed again on the same data and settings is read back, not re-fitted: the
+    random baselines of several snapshots' probes are fitted once. Other settings, data or file bytes miss."""
+    import ideal_components.experiments.probe as probe_module
+
+    cache, kw = tmp_path / "cache", dict(seeds="0,1", labeled_volumes=2)
+    first = _run(prepared, tmp_path / "a.json", "random:0", "random:1", cache_dir=str(cache), **kw)
+    assert len(list(cache.glob("*.json"))) == 2
+    loaded = []
+    real_load = probe_module._load_encoder
+    monkeypatch.setattr(probe_module, "_load_encoder", lambda spec, *a: loaded.append(spec) or real_load(spec, *a))
+    second = _run(prepared, tmp_path / "b.json", "random:2", "random:1", cache_dir=str(cache), **kw)
+    assert loaded == ["random:2"]  # the baseline came from the cache
+    assert [p["dice_baseline"] for p in second["pairs"]] == [p["dice_baseline"] for p in first["pairs"]]
+    uncached = _run(prepared, tmp_path / "c.json", "random:2", "random:1", **kw)
+    assert [p["dice_baseline"] for p in uncached["pairs"]] == pytest.approx(
+        [p["dice_baseline"] for p in first["pairs"]], abs=1e-6
+    )
+    # what is read is what is used: a doctored entry shows up in the report
+    entry = next(f for f in cache.glob("random1-*.json"))
+    data = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**data, "dice": [0.5] * len(data["dice"])}))
+    doctored = _run(prepared, tmp_path / "d.json", "random:2", "random:1", cache_dir=str(cache), **kw)
+    assert all(p["dice_baseline"] == 0.5 for p in doctored["pairs"])
+    loaded.clear()
+    _run(prepared, tmp_path / "e.json", "random:2", "random:1", cache_dir=str(cache), steps=31, **kw)
+    assert loaded == ["random:2", "random:1"]  # other settings: both fitted again
+
+    from ideal_components.experiments.probe import _cache_path
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"one"), b.write_bytes(b"two")
+    key = dict(steps=1)
+    assert _cache_path(None, "random:0", str(prepared), key) is None
+    assert _cache_path(str(cache), str(a), str(prepared), key) != _cache_path(str(cache), str(b), str(prepared), key)
+    b.write_bytes(b"one")
+    assert _cache_path(str(cache), str(a), str(prepared), key) == _cache_path(str(cache), str(b), str(prepared), key)

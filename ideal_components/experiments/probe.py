@@ -32,6 +32,7 @@ Command line (``--seeds 0,1,2``: python-fire reads comma-separated lists)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -225,6 +226,7 @@ def probe(
     contrast: float = 0.3,
     device: str = "cpu",
     progress: Any = False,
+    cache_dir: str | None = None,
 ) -> str:
     """Compare encoder ``A`` with baseline encoders ``B`` by linear probing (see the module docstring); write ``out``.
 
@@ -258,6 +260,10 @@ def probe(
         contrast: photometric scale range of the views, as in pre-training.
         device: torch device (``cpu``, ``cuda``).
         progress: show a tqdm progress bar.
+        cache_dir: a folder where each encoder's per-pair Dice and pretext accuracy are stored and read back when the
+            same encoder (the same ``random:SEED``, or a file with the same bytes) is probed again on the same
+            datalist with the same settings (the key: a SHA-256 of all of them and torch's version). Several probes
+            against the same random baselines then fit the baselines' classifiers once. ``None``: no cache.
 
     Returns:
         ``out``; its JSON holds ``mean_difference`` (A minus the baselines' mean, over the labelled sets), ``ci95``
@@ -271,7 +277,7 @@ def probe(
         python -m ideal_components probe --dataset_dir prepared --encoder models/pretrained_encoder.pt \\
             --baseline random:0,random:1,random:2 --backbone resnet18 --seeds 0,1,2 --labeled_volumes 5 --out probe.json
     """
-    settings = {k: v for k, v in locals().items() if k not in ("encoder", "baseline", "out", "progress")}
+    settings = {k: v for k, v in locals().items() if k not in ("encoder", "baseline", "out", "progress", "cache_dir")}
     baselines = _encoder_specs(baseline, "baseline")
     seeds, levels = _int_list(seeds, "seeds"), _int_list(levels, "levels")
     n_levels, dev = len(flexunet_encoder_channels(backbone)), torch.device(device)
@@ -302,18 +308,29 @@ def probe(
 
     dice, pretext = {}, {}
     bar = tqdm(total=(1 + len(baselines)) * (len(sets) * len(seeds) + len(test)), desc="probe", disable=not show)
+    labeled = [[d.get("id", d["image"]) for d in g] for g in groups]
+    test_ids = [d.get("id", d["image"]) for d in split["test"]]
     for spec in dict.fromkeys([str(encoder), *baselines]):  # an encoder named twice is probed once
+        cached = _cache_path(cache_dir, spec, dataset_dir, {**settings, "labeled": labeled, "test_volumes": test_ids})
+        if cached and os.path.isfile(cached):
+            with open(cached) as f:
+                entry = json.load(f)
+            pretext[spec], dice[spec] = float(entry["pretext"]), [float(v) for v in entry["dice"]]
+            bar.update(len(sets) * len(seeds) + len(test))
+            continue
         net = _load_encoder(spec, backbone, dev).requires_grad_(False)
         _reestimate_batch_norm(net, bn_x, settings["batch_size"], dev)
         pretext[spec] = _pretext(net, pretext_x, int(pretext_level), settings, dev)
         dice[spec] = _probe_dice(net, sets, test, seeds, levels, int(feature_stride), num_classes, settings, dev, bar)
+        if cached:
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            atomic_write_text(cached, json.dumps({"encoder": spec, "pretext": pretext[spec], "dice": dice[spec]}))
     bar.close()
 
     # (labelled set, seed) pairs; the seeds of a set are averaged: one unit per set
     shape = (len(sets), len(seeds))
     dice_a = np.asarray(dice[str(encoder)]).reshape(shape)
     dice_b = np.stack([np.asarray(dice[b]).reshape(shape) for b in baselines])  # (baselines, sets, seeds)
-    labeled = [[d.get("id", d["image"]) for d in g] for g in groups]
     pairs = [
         {
             "seed": s,
@@ -348,13 +365,32 @@ def probe(
         },
         "units": units,
         "pairs": pairs,
-        "settings": {**settings, "test_volumes": [d.get("id", d["image"]) for d in split["test"]]},
+        "settings": {**settings, "test_volumes": test_ids},
     }
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"probe ({backbone}, levels {levels}): {len(test)} test volumes, {len(sets)} labelled sets of "
           f"{num_labeled} (the units) x {len(seeds)} classifier seeds, {len(baselines)} baseline(s)")  # fmt: skip
     print(_result_table(result))
     return out
+
+
+def _cache_path(cache_dir: str | None, spec: str, dataset_dir: str, settings: dict[str, Any]) -> str | None:
+    """The cache file of one encoder's probe results, or ``None`` without a cache: named by a SHA-256 of the encoder
+    (``random:SEED``, or the bytes of its file), the datalist (its path and bytes), the settings and torch's version."""
+    if cache_dir in (None, "", "None", "none"):
+        return None
+    key = hashlib.sha256()
+    if spec.startswith("random:"):
+        key.update(spec.encode())
+    else:
+        with open(spec, "rb") as f:
+            key.update(hashlib.sha256(f.read()).digest())
+    datalist_file = os.path.abspath(os.path.join(dataset_dir, "datalist.json"))
+    with open(datalist_file, "rb") as f:
+        key.update(datalist_file.encode() + hashlib.sha256(f.read()).digest())
+    key.update(json.dumps({**settings, "torch": torch.__version__}, sort_keys=True, default=str).encode())
+    name = spec.replace("random:", "random") if spec.startswith("random:") else "file"
+    return os.path.join(str(cache_dir), f"{name}-{key.hexdigest()[:20]}.json")
 
 
 def _read_datalist(dataset_dir: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
