@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -244,8 +245,9 @@ def test_sampler_batches_hold_every_partition_of_distinct_volumes():
     items = _items(counts)
     sampler = VolumePartitionBatchSampler(items, n_parts=4, volumes_per_batch=2, seed=3)
     assert "e" not in sampler.volume_ids and len(sampler) == 2  # 5 eligible volumes -> 2 batches of 2
-    seen = []
-    for batch in sampler:
+    seen, first_pass = [], list(sampler)
+    sampler.set_epoch(0)  # the same epoch again: the next pass, not a reset
+    for batch in first_pass:
         assert len(batch) == 8
         vols = [items[i]["id"] for i in batch]
         parts = [(items[i]["slice"] * 4) // items[i]["num_slices"] for i in batch]
@@ -255,9 +257,28 @@ def test_sampler_batches_hold_every_partition_of_distinct_volumes():
     assert len(set(seen)) == 4  # no volume twice in an epoch
     # deterministic from (seed, epoch); another epoch, another order
     again = VolumePartitionBatchSampler(items, n_parts=4, volumes_per_batch=2, seed=3)
-    assert list(again) == list(sampler)
+    assert list(again) == first_pass
     again.set_epoch(1)
-    assert list(again) != list(sampler)
+    assert list(again) != first_pass
+
+
+def test_sampler_passes_within_an_epoch_continue():
+    """An epoch longer than one pass (``epoch_length`` above ``len(sampler)``): each further pass is a fresh shuffle
+    and fresh slice draws, a fresh sampler at the same epoch (a resume) repeats the passes, a new epoch restarts."""
+    items = _items({f"v{i}": 8 + i for i in range(8)})
+    sampler = VolumePartitionBatchSampler(items, n_parts=4, volumes_per_batch=2, seed=5)
+    passes = [list(sampler) for _ in range(4)]
+    assert len({tuple(map(tuple, p)) for p in passes}) == 4  # never a replay of the first pass
+    counts = np.bincount([i for p in passes for b in p for i in b], minlength=len(items))
+    assert len(np.flatnonzero(counts)) > len(items) // 2  # the draws move around the partitions
+    for p in passes:
+        for batch in p:  # each pass still holds every partition of distinct volumes
+            assert [(items[i]["slice"] * 4) // items[i]["num_slices"] for i in batch] == [0, 1, 2, 3] * 2
+    resumed = VolumePartitionBatchSampler(items, n_parts=4, volumes_per_batch=2, seed=5)
+    assert [list(resumed) for _ in range(4)] == passes
+    sampler.set_epoch(1)
+    resumed.set_epoch(1)
+    assert list(sampler) == list(resumed) != passes[0]
 
 
 def test_sampler_shards_ranks_and_refuses_single_volume_batches():

@@ -36,8 +36,11 @@ class VolumePartitionBatchSampler(Sampler[list[int]]):
       volume once (the last incomplete group is dropped) and ``len(sampler)`` is
       ``n_volumes // (volumes_per_batch * num_replicas)``.
     - A volume with fewer slices than ``n_parts`` has an empty partition: it is left out (a warning names it).
-    - The order depends only on ``(seed, epoch)`` and the rank: call :meth:`set_epoch` every epoch (the trainers
-      and :class:`~ideal_components.handlers.EpochSeedHandler` do), so a resumed run repeats an uninterrupted one.
+    - The order depends only on ``(seed, epoch)``, the rank and the pass: call :meth:`set_epoch` every epoch (the
+      trainers and :class:`~ideal_components.handlers.EpochSeedHandler` do), so a resumed run repeats an
+      uninterrupted one. When an epoch is longer than one pass (an ``epoch_length`` above ``len(sampler)``, as
+      ``pretrain_chaitanya.json`` sets to give the local pre-training's steps per epoch), every further pass within
+      the epoch draws a fresh shuffle and fresh slices (a pass counter in the seed), never a replay of the first.
     - Distributed: the epoch's groups (the same on every rank) are dealt out to the ranks, group ``g`` to rank
       ``g % num_replicas``; every rank gets the same number of batches. The loss sees its own rank's batch only.
 
@@ -100,6 +103,7 @@ class VolumePartitionBatchSampler(Sampler[list[int]]):
         self.n_parts, self.volumes_per_batch = n_parts, volumes_per_batch
         self.seed, self.num_replicas, self.rank = int(seed), num_replicas, rank
         self.epoch = 0
+        self._pass_epoch, self._pass = None, 0  # the passes made in the current epoch
         self._num_batches = len(self.volumes) // (volumes_per_batch * num_replicas)
         if self._num_batches == 0:
             raise ValueError(
@@ -117,13 +121,17 @@ class VolumePartitionBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed & _MASK64, self.epoch & _MASK64])
+        if self._pass_epoch != self.epoch:  # a new epoch starts at its first pass
+            self._pass_epoch, self._pass = self.epoch, 0
+        passes, self._pass = self._pass, self._pass + 1
+        base = [self.seed & _MASK64, self.epoch & _MASK64]
+        rng = np.random.default_rng(base if passes == 0 else base + [2, passes])
         order = rng.permutation(len(self.volumes))
         for b in range(self._num_batches):
             group = b * self.num_replicas + self.rank
             chosen = order[group * self.volumes_per_batch : (group + 1) * self.volumes_per_batch]
-            # the slice draws depend on (seed, epoch, group) only: the same on any rank count that deals this group
-            pick = np.random.default_rng([self.seed & _MASK64, self.epoch & _MASK64, 1, int(group)])
+            # the slice draws depend on (seed, epoch, pass, group) only: the same on any rank count that deals it
+            pick = np.random.default_rng(base + [1, int(group)] + ([passes] if passes else []))
             yield [int(parts[pick.integers(len(parts))]) for v in chosen for parts in self.volumes[v]]
 
     def __len__(self) -> int:
