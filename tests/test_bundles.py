@@ -212,7 +212,8 @@ def _sweep_arm_parser(command: list[str], fraction_extra: dict | None = None):
 def test_sweep_arms_are_on_equal_footing(bundle, prepared, tmp_path):
     """Every arm of a sweep, read from the configs with the sweep's own commands: at each label fraction the same
     optimiser steps (epoch_length x max_epochs), the same loss on the labelled slices, and a ramp-up of the
-    pseudo-label weight that completes within the run (issue: comparisons on equal footing)."""
+    pseudo-label weight that completes within the run; every pre-training (stage) the same optimiser steps
+    (issue: comparisons on equal footing)."""
     from ideal_components.experiments.methods import METHODS
     from ideal_components.experiments.plan import plan_sweep
     from ideal_components.losses import CrossPseudoLabelLoss, SegmentationLoss
@@ -222,7 +223,15 @@ def test_sweep_arms_are_on_equal_footing(bundle, prepared, tmp_path):
     plan = plan_sweep(
         str(REPO / "bundles" / bundle), ",".join(map(str, fractions)), ",".join(METHODS), "0",
         str(prepared[bundle]), str(tmp_path / "sweep"), {"max_epochs": 6, "val_interval": 2, "dice_weight": 1.0},
+        {"max_epochs": 3, "batch_size": 4},
     )  # fmt: skip
+    pretrain_steps = {}
+    for step in (s for s in plan.steps if s.kind.startswith("pretrain")):
+        parser = _sweep_arm_parser(step.command, {"num_workers": 0})
+        pretrain_steps[step.key] = parser.get_parsed_content("epoch_length") * parser.get_parsed_content("max_epochs")
+    assert {k.split("/")[0] for k in pretrain_steps} == {"global_cl", "ideal", "pcl", "chaitanya"}
+    assert "chaitanya/seed0/pretrain_decoder" in pretrain_steps
+    assert len(set(pretrain_steps.values())) == 1, f"pre-training steps differ: {pretrain_steps}"
     g = torch.Generator().manual_seed(0)
     logits, label = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4, 1, 8, 8), generator=g)
     by_fraction: dict[str, dict[str, tuple]] = {}

@@ -192,6 +192,45 @@ def test_plan_commands_and_shared_pretraining(tmp_path, fake_data):
     assert ev.done_file == str(out / "ideal" / "f10" / "seed1" / "eval" / "metrics_summary.json")
 
 
+def test_plan_chaitanya_two_stages_shared_and_loaded(tmp_path, fake_data):
+    """Chaitanya et al.: stage 1 (encoder) then stage 2 (decoder blocks) in one folder, once per seed for both
+    fine-tunings, each stage with the pre-training overrides; every cell loads the encoder and the decoder file."""
+    out = tmp_path / "out"
+    plan = sw.plan_sweep(str(BUNDLE), "10", "chaitanya,chaitanya_sup,ideal", "0", str(fake_data), str(out), TINY,
+                         "{'max_epochs': 3}")  # fmt: skip
+    root = out / "chaitanya" / "seed0" / "pretrain"
+    stages = [s for s in plan.steps if s.kind.startswith("pretrain") and s.method == "chaitanya"]
+    assert [(s.kind, s.key) for s in stages] == [
+        ("pretrain", "chaitanya/seed0/pretrain"), ("pretrain_decoder", "chaitanya/seed0/pretrain_decoder")
+    ]  # fmt: skip
+    first, second = stages
+    assert _configs(first.command) == ["pretrain.json", "pretrain_chaitanya.json"]
+    assert _configs(second.command) == ["pretrain.json", "pretrain_chaitanya_decoder.json"]
+    assert first.bundle_root == second.bundle_root == str(root) and second.log == str(root / "pretrain_decoder.log")
+    assert first.done_file == str(root / "models" / "pretrained_encoder.pt")
+    assert second.done_file == str(root / "models" / "pretrained_decoder.pt")
+    assert all(_arg(s.command, "--max_epochs") == "3" and _arg(s.command, "--resume") == "True" for s in stages)
+    cells = [s for s in plan.steps if s.method.startswith("chaitanya") and s.fraction is not None]
+    assert {s.method for s in cells} == {"chaitanya", "chaitanya_sup"} and len(cells) == 4
+    for s in cells:
+        assert _arg(s.command, "--pretrained_encoder") == first.done_file
+        assert _arg(s.command, "--pretrained_decoder") == second.done_file
+        assert plan.steps.index(second) < plan.steps.index(s)
+    assert all("--pretrained_decoder" not in s.command for s in plan.steps if s.method == "ideal")
+    # overwrite clears the folder before stage 1 only (stage 2 needs stage 1's encoder)
+    again = sw.plan_sweep(str(BUNDLE), "10", "chaitanya", "0", str(fake_data), str(out), TINY, ignore_done=True)
+    clears = {s.kind: s.clear for s in again.steps if s.fraction is None}
+    assert clears == {"pretrain": [str(root / "models"), str(root / "logs")], "pretrain_decoder": []}
+    # done as soon as its file exists; a missing decoder file keeps stage 2 pending
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "pretrained_encoder.pt").write_bytes(b"x")
+    kinds = {s.kind: s.done for s in sw.plan_sweep(str(BUNDLE), "10", "chaitanya", "0", str(fake_data), str(out),
+                                                   TINY).steps if s.fraction is None}  # fmt: skip
+    assert kinds == {"pretrain": True, "pretrain_decoder": False}
+    with pytest.raises(ValueError, match="pretrained_decoder"):
+        sw.plan_sweep(str(BUNDLE), "10", "chaitanya", "0", str(fake_data), str(out), {"pretrained_decoder": "x"})
+
+
 def test_dry_run_through_the_cli(tmp_path, fake_data, capsys):
     from ideal_components.cli import main
 
@@ -362,6 +401,26 @@ def test_paired_differences(tmp_path, fake_data):
     assert "## Paired differences (test DSC)" in md and "| ideal - cps | 3 | +0.043 [" in md
 
 
+def test_rivals_rows_paper_numbers_and_differences_from_ideal(tmp_path, fake_data):
+    """The rivals fine-tuned as published carry the DSC IDEAL's comparison table quotes (Chaitanya et al. on both
+    datasets, PCL on ACDC only); IDEAL - each rival is paired by seed."""
+    out = tmp_path / "out"
+    for seed, (ideal, cha, pcl) in enumerate([(0.80, 0.70, 0.75), (0.70, 0.72, 0.60)]):
+        write_summary(out / "ideal" / "f2.5" / f"seed{seed}", ideal)
+        write_summary(out / "chaitanya" / "f2.5" / f"seed{seed}", cha)
+        write_summary(out / "pcl" / "f2.5" / f"seed{seed}", pcl)
+    methods = ["ideal", "chaitanya", "chaitanya_sup", "pcl", "pcl_sup"]
+    rows = {(r["method"], r["fraction"]): r for r in sw.collect_results(str(out), methods, ["2.5"], [0, 1], "acdc")}
+    assert rows[("chaitanya_sup", "2.5")]["paper_dice"] == 0.789 and rows[("pcl_sup", "2.5")]["paper_dice"] == 0.850
+    assert rows[("chaitanya", "2.5")]["paper_dice"] is None and rows[("pcl", "2.5")]["paper_dice"] is None
+    mmwhs = sw.collect_results(str(out), ["chaitanya_sup", "pcl_sup"], ["20"], [0], "mmwhs")
+    assert [r["paper_dice"] for r in mmwhs if r["fraction"] == "20"] == [0.694, None]
+    plan = sw.plan_sweep(str(BUNDLE), "2.5", ",".join(methods), "0,1", str(fake_data), str(out), overrides=TINY)
+    md, _ = sw.write_results(plan)
+    assert "| ideal - chaitanya | 2 | +0.040 [" in md and "| ideal - pcl | 2 | +0.075 [" in md
+    assert "| Chaitanya et al. | 2.5% | 0/2 |" in md and "5-fold" in md
+
+
 def test_results_in_voxel_units(tmp_path):
     write_summary(tmp_path / "ideal" / "f10" / "seed0", 0.8, units="voxel")
     rows = sw.collect_results(str(tmp_path), ["ideal"], ["10"], [0], "acdc")
@@ -508,28 +567,35 @@ def test_phantom_sweep_interrupted_and_resumed(tmp_path):
     prepare_acdc(str(tmp_path / "raw"), str(prepared), pixdim=6.0, spatial_size=32)
     out = tmp_path / "sweep"
     overrides = {**TINY, "spatial_size": [32, 32], "batch_size": 4, "labeled_batch_size": 2}
-    kwargs = dict(fractions="10", methods="supervised,cps", seeds="0", dataset_dir=str(prepared), out=str(out))
+    # supervised, and Chaitanya et al.'s two pre-training stages whose encoder and decoder blocks CPS fine-tunes
+    kwargs = dict(fractions="10", methods="supervised,chaitanya", seeds="0", dataset_dir=str(prepared), out=str(out))
+    kwargs["pretrain_overrides"] = {"max_epochs": 1, "batch_size": 8}
     sw.sweep(str(BUNDLE), overrides=overrides, max_cells=1, **kwargs)  # "interrupted" after the first cell
     first = out / "supervised" / "f10" / "seed0"
     files = [p for p in first.rglob("*") if p.is_file()]
     assert (first / "eval" / "metrics_summary.json").is_file() and (first / "models" / "model.pt").is_file()
-    assert not (out / "cps").exists()
+    assert not (out / "chaitanya").exists()
     assert "| Supervised | 10% | 1/1 |" in (out / "results.md").read_text()
     mtimes = {p: p.stat().st_mtime_ns for p in files}
 
     path = sw.sweep(str(BUNDLE), overrides=overrides, **kwargs)
     assert {p: p.stat().st_mtime_ns for p in files} == mtimes, "the finished cell was run again"
     assert sorted(p for p in first.rglob("*") if p.is_file()) == sorted(files)
-    second = out / "cps" / "f10" / "seed0"
+    second = out / "chaitanya" / "f10" / "seed0"
     summary = json.loads((second / "eval" / "metrics_summary.json").read_text())
     assert 0.0 <= summary["metrics"]["dice"]["mean"] <= 1.0 and summary["units"] == "mm"
     assert (second / "train.log").is_file() and (second / "eval.log").is_file()
-    assert "--use_pretrained False" in (second / "train.log").read_text().splitlines()[1]
+    log = (second / "train.log").read_text()
+    assert "--use_pretrained True" in log.splitlines()[1] and "--pretrained_decoder" in log.splitlines()[1]
+    assert "loaded pretrained encoder weights" in log and "loaded pretrained decoder block(s) [0, 1, 2]" in log
+    pretrained = out / "chaitanya" / "seed0" / "pretrain"
+    assert "saved 3 decoder block(s)" in (pretrained / "pretrain_decoder.log").read_text()
     md = Path(path).read_text()
-    assert "| Supervised | 10% | 1/1 |" in md and "| CPS | 10% | 1/1 |" in md
+    assert "| Supervised | 10% | 1/1 |" in md and "| Chaitanya + CPS | 10% | 1/1 |" in md
     record = json.loads((out / "sweep.json").read_text())
     assert {k: v["status"] for k, v in record["steps"].items()} == {
-        f"{m}/f10/seed0/{k}": "done" for m in ("supervised", "cps") for k in ("train", "evaluate")
+        **{f"{m}/f10/seed0/{k}": "done" for m in ("supervised", "chaitanya") for k in ("train", "evaluate")},
+        **{f"chaitanya/seed0/{k}": "done" for k in ("pretrain", "pretrain_decoder")},
     }
     assert os.path.isfile(out / "results.csv")
 

@@ -36,6 +36,10 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("global_cl", "supervised", "global pre-training vs random init (supervised fine-tuning)"),
     ("cps", "supervised", "cross pseudo-labels vs supervised fine-tuning (random init)"),
     ("ideal", "supervised", "IDEAL vs supervised from random init"),
+    ("ideal", "pcl", "IDEAL vs PCL pre-training (both cross-pseudo-label fine-tuning)"),
+    ("ideal", "chaitanya", "IDEAL vs Chaitanya et al. pre-training (both cross-pseudo-label fine-tuning)"),
+    ("local_cl", "pcl_sup", "local vs PCL pre-training (supervised fine-tuning, PCL as published)"),
+    ("local_cl", "chaitanya_sup", "local vs Chaitanya et al. pre-training (supervised fine-tuning, as published)"),
 )
 
 

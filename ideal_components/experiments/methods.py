@@ -16,6 +16,9 @@ class MethodSpec:
 
     ``pretrain_owner``: the method whose pre-training this one reuses (the same configs and overrides give the same
     encoder, so it runs once per seed, under ``<owner>/seed<k>/pretrain``); ``None``: its own.
+    ``pretrain_decoder``: the configs of a second pre-training stage run in the same folder after the first (it reads
+    ``models/pretrained_encoder.pt`` and writes ``models/pretrained_decoder.pt``, which fine-tuning loads with
+    ``pretrained_decoder``); ``None``: none.
     """
 
     label: str
@@ -23,6 +26,7 @@ class MethodSpec:
     finetune: tuple[str, ...]
     description: str = ""
     pretrain_owner: str | None = None
+    pretrain_decoder: tuple[str, ...] | None = None
 
 
 #: the methods a sweep knows, in table order
@@ -66,5 +70,20 @@ METHODS: dict[str, MethodSpec] = {
         ("train.json", "train_supervised.json"),
         "PCL's positional contrastive pre-training, supervised fine-tuning (the rival as published)",
         pretrain_owner="pcl",
+    ),
+    "chaitanya": MethodSpec(
+        "Chaitanya + CPS",
+        ("pretrain.json", "pretrain_chaitanya.json"),
+        ("train.json",),
+        "Chaitanya et al.'s global (G^D) then decoder local pre-training (NeurIPS 2020), CPS fine-tuning",
+        pretrain_decoder=("pretrain.json", "pretrain_chaitanya_decoder.json"),
+    ),
+    "chaitanya_sup": MethodSpec(
+        "Chaitanya et al.",
+        ("pretrain.json", "pretrain_chaitanya.json"),
+        ("train.json", "train_supervised.json"),
+        "Chaitanya et al.'s two-stage pre-training, supervised fine-tuning (the rival as published)",
+        pretrain_owner="chaitanya",
+        pretrain_decoder=("pretrain.json", "pretrain_chaitanya_decoder.json"),
     ),
 }

@@ -28,6 +28,7 @@ RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 TRAIN_DONE = "train_done.json"
 ENCODER_REL = ("models", "pretrained_encoder.pt")
+DECODER_REL = ("models", "pretrained_decoder.pt")
 SUMMARY_REL = ("eval", "metrics_summary.json")
 MODEL_REL = ("models", "model.pt")
 _SWEEP_VERSION = 1
@@ -42,6 +43,7 @@ RESERVED_KEYS: tuple[str, ...] = (
     "label_fraction",
     "use_pretrained",
     "pretrained_encoder",
+    "pretrained_decoder",
 )
 
 
@@ -54,7 +56,7 @@ class SweepStep:
     """One ``python -m monai.bundle run`` of a sweep.
 
     Attributes:
-        kind: ``"pretrain"``, ``"train"`` or ``"evaluate"``.
+        kind: ``"pretrain"``, ``"pretrain_decoder"`` (a second pre-training stage), ``"train"`` or ``"evaluate"``.
         method, seed: the method and seed; fraction: the label fraction key (``None`` for pre-training).
         bundle_root: the run's bundle_root; log: its log file; done_file: the file marking it as done.
         command: the full argument list.
@@ -75,9 +77,9 @@ class SweepStep:
 
     @property
     def key(self) -> str:
-        """``"<method>/seed<k>/pretrain"`` or ``"<method>/f<fraction>/seed<k>/<train|evaluate>"``."""
+        """``"<method>/seed<k>/<pretrain|pretrain_decoder>"`` or ``"<method>/f<fraction>/seed<k>/<train|evaluate>"``."""
         if self.fraction is None:
-            return f"{self.method}/seed{self.seed}/pretrain"
+            return f"{self.method}/seed{self.seed}/{self.kind}"
         return f"{self.method}/f{self.fraction}/seed{self.seed}/{self.kind}"
 
     @property
@@ -177,7 +179,7 @@ def _check_configs(configs_dir: Path, method_names: Sequence[str]) -> None:
     """Every bundle config the methods need exists."""
     needed = {"metadata.json", "logging.conf", "evaluate.json"}
     for m in method_names:
-        needed |= set(METHODS[m].finetune) | set(METHODS[m].pretrain or ())
+        needed |= set(METHODS[m].finetune) | set(METHODS[m].pretrain or ()) | set(METHODS[m].pretrain_decoder or ())
     missing = sorted(n for n in needed if not (configs_dir / n).is_file())
     if missing:
         raise FileNotFoundError(f"{configs_dir}: missing bundle config(s) {missing}.")
@@ -311,40 +313,48 @@ def plan_sweep(
             spec = METHODS[m]
             cell_steps: list[SweepStep] = []
             encoder: Path | None = None
+            decoder: Path | None = None
             if spec.pretrain is not None:
                 root = out_dir / (spec.pretrain_owner or m) / f"seed{seed}" / "pretrain"
                 encoder = root.joinpath(*ENCODER_REL)
+                decoder = root.joinpath(*DECODER_REL) if spec.pretrain_decoder else None
             for f in fraction_keys:
                 cell = out_dir / m / f"f{f}" / f"seed{seed}"
                 args: dict[str, Any] = {"dataset_dir": str(data_dir), "seed": seed, "label_fraction": f}
                 args["use_pretrained"] = encoder is not None
                 if encoder is not None:
                     args["pretrained_encoder"] = str(encoder)
+                if decoder is not None:
+                    args["pretrained_decoder"] = str(decoder)
                 args.update(ft)
                 cell_steps += _cell_steps(python, configs_dir, m, seed, f, cell, args, ignore_done)
             if encoder is not None:
                 root = encoder.parent.parent
                 args = {"dataset_dir": str(data_dir), "seed": seed, **pt}
                 cells_done = all(s.done for s in cell_steps)
-                shared = pretrain_steps.get(root)
-                if shared is None:
-                    pretrain_steps[root] = SweepStep(
-                        "pretrain",
-                        spec.pretrain_owner or m,
-                        seed,
-                        None,
-                        str(root),
-                        str(root / "pretrain.log"),
-                        str(encoder),
-                        _bundle_command(
-                            python, configs_dir, spec.pretrain or (), root, {**args, "resume": not ignore_done}
-                        ),
-                        clear=[str(root / "models"), str(root / "logs")] if ignore_done else [],
-                        done=cells_done or (encoder.is_file() and not ignore_done),
-                    )
-                    steps.append(pretrain_steps[root])
-                elif not cells_done:  # another method still needs the shared encoder
-                    shared.done = encoder.is_file() and not ignore_done
+                stages = [("pretrain", spec.pretrain or (), encoder)]
+                if decoder is not None:  # the second stage reads the first's encoder, in the same folder
+                    stages.append(("pretrain_decoder", spec.pretrain_decoder or (), decoder))
+                for kind, configs, done_file in stages:
+                    shared = pretrain_steps.get((root, kind))
+                    if shared is None:
+                        pretrain_steps[(root, kind)] = SweepStep(
+                            kind,
+                            spec.pretrain_owner or m,
+                            seed,
+                            None,
+                            str(root),
+                            str(root / f"{kind}.log"),
+                            str(done_file),
+                            _bundle_command(python, configs_dir, configs, root, {**args, "resume": not ignore_done}),
+                            clear=(
+                                [str(root / "models"), str(root / "logs")] if ignore_done and kind == "pretrain" else []
+                            ),
+                            done=cells_done or (done_file.is_file() and not ignore_done),
+                        )
+                        steps.append(pretrain_steps[(root, kind)])
+                    elif not cells_done:  # another method still needs the shared pre-training
+                        shared.done = done_file.is_file() and not ignore_done
             steps += cell_steps
     return SweepPlan(str(out_dir), settings, dataset, method_names, fraction_keys, seed_list, steps)
 

@@ -13,6 +13,10 @@ A sweep runs, for every seed ``k``, method ``m`` and label fraction ``f``, the b
 - ``global_cps`` (ablation): ``global_cl``'s pre-training (run once), then ``train.json`` (cross pseudo-labels).
 - ``pcl`` / ``pcl_sup`` (rival): PCL's pre-training ``pretrain.json`` + ``pretrain_pcl.json`` (run once), then
   ``train.json`` (cross pseudo-labels) / ``train.json`` + ``train_supervised.json``.
+- ``chaitanya`` / ``chaitanya_sup`` (rival): Chaitanya et al.'s two stages in one folder (run once): ``pretrain.json``
+  + ``pretrain_chaitanya.json`` (encoder), then ``pretrain.json`` + ``pretrain_chaitanya_decoder.json`` (decoder
+  blocks, encoder frozen); fine-tuning loads both (``--pretrained_decoder``: decoder A), with cross pseudo-labels /
+  supervised. Each stage takes the pre-training overrides (the same steps as the local pre-training).
 
 Pre-training does not depend on the label fraction: it runs once per (pre-training, seed) and every fraction's cell
 of the methods that use it starts from its encoder.
@@ -22,6 +26,7 @@ Layout of ``out``::
     sweep.json                                settings, command lines and state of every step (atomic)
     results.md, results.csv                   one row per (method, fraction), mean ± std over the seeds
     <method>/seed<k>/pretrain/                pre-training bundle_root: models/pretrained_encoder.pt, pretrain.log
+                                              (Chaitanya: also models/pretrained_decoder.pt, pretrain_decoder.log)
     <method>/f<fraction>/seed<k>/             fine-tuning bundle_root: models/model.pt, train.log, eval.log,
                                               eval/metrics_summary.json, eval/metrics_per_volume.csv, ...
 
@@ -146,7 +151,7 @@ def _run_step(step: SweepStep) -> float:
             f"sweep step {step.key} failed (exit code {proc.returncode}) in cell {step.bundle_root}; "
             f"log {step.log}, last lines:\n{_tail(step.log)}"
         )
-    if step.kind == "pretrain" and not os.path.isfile(step.done_file):
+    if step.kind in ("pretrain", "pretrain_decoder") and not os.path.isfile(step.done_file):
         raise SweepStepError(f"sweep step {step.key} ended without writing {step.done_file}; log {step.log}.")
     if step.kind == "train":
         model = os.path.join(step.bundle_root, *MODEL_REL)
@@ -155,9 +160,10 @@ def _run_step(step: SweepStep) -> float:
                 f"sweep step {step.key} wrote no {model} (it is saved at validation: is val_interval > max_epochs?); "
                 f"log {step.log}, last lines:\n{_tail(step.log, 20)}"
             )
-        if "pretrained_encoder" in " ".join(step.command):
-            if "loaded pretrained encoder weights" not in _tail(step.log, 10**6):
-                print(f"warning: {step.log} does not report 'loaded pretrained encoder weights'.", flush=True)
+        for weights, message in (("encoder", "loaded pretrained encoder weights"),
+                                 ("decoder", "loaded pretrained decoder block(s)")):  # fmt: skip
+            if f"--pretrained_{weights}" in step.command and message not in _tail(step.log, 10**6):
+                print(f"warning: {step.log} does not report '{message}'.", flush=True)
         atomic_write_text(step.done_file, json.dumps({"finished": _now(), "seconds": round(seconds, 1)}) + "\n")
     if step.kind == "evaluate" and not os.path.isfile(step.done_file):
         raise SweepStepError(f"sweep step {step.key} ended without writing {step.done_file}; log {step.log}.")
@@ -191,7 +197,7 @@ def sweep(
         bundle: the bundle folder (``bundles/ideal_acdc``).
         fractions: label fractions, ``"1.25,2.5,10,100"``, a tuple or a number; default the dataset's published ones.
         methods: among ``supervised``, ``global_cl``, ``ideal``, the ablations ``local_cl``, ``cps``, ``global_cps``
-            and the rival ``pcl`` / ``pcl_sup``.
+            and the rivals ``pcl`` / ``pcl_sup``, ``chaitanya`` / ``chaitanya_sup``.
         seeds: ``"0,1,2"``, a tuple or an int.
         dataset_dir: the prepared dataset (with ``datalist.json``); default ``<bundle>/data/prepared``.
         out: the sweep folder; default ``runs/sweep_<dataset>``.
@@ -262,7 +268,7 @@ def sweep(
     print(f"sweep {out_dir}: {len(pending)} of {len(plan.steps)} steps to run", flush=True)
     cells_run = 0
     for i, step in enumerate(pending, 1):
-        if step.kind == "pretrain" and max_cells is not None and cells_run >= int(max_cells):
+        if step.kind.startswith("pretrain") and max_cells is not None and cells_run >= int(max_cells):
             break
         if step.kind == "train" and max_cells is not None and cells_run >= int(max_cells):
             print(f"max_cells={max_cells} reached; stopping (rerun to resume).", flush=True)
