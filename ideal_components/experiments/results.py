@@ -180,8 +180,12 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], title: str | None = None
         "A structure missing from the prediction or the reference counts with Dice 0 and the volume diagonal as "
         "distance.",
         "",
-        "Paper columns: IDEAL (ICASSP 2023, Table 1) on the IDEAL rows; the Global CL DSC of its comparison table "
-        'where published; – where none. [a] The paper\'s "HD" (about 2 on ACDC) is probably HD95 in voxels '
+        "Paper columns: IDEAL (ICASSP 2023, Table 1) on the IDEAL rows; the DSC its comparison table quotes for "
+        "Global CL, Chaitanya et al. and PCL on the rows that fine-tune them as published (Global CL, Chaitanya et "
+        "al., PCL: supervised), where published; – where none. Those numbers come from each method's own code and "
+        "protocol (real data, their schedules and augmentations; PCL's 1.25 % is 2 labelled patients under 5-fold "
+        "cross-validation), not from this sweep's protocol: compare the rows of this table with each other. "
+        '[a] The paper\'s "HD" (about 2 on ACDC) is probably HD95 in voxels '
         "(medpy without voxel spacing), and its ASD likewise: compare with an evaluation in voxel units "
         "(`--overrides \"{'voxel_units': True}\"`), not with the mm columns.",
     ]
