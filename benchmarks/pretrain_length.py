@@ -175,6 +175,45 @@ def finetune(prepared: Path, out: Path, length: int, seeds: list[int], snapshots
     return length_out
 
 
+def choose_length(out: Path, lengths: dict[int, int], seeds: list[int]) -> tuple[int | None, str]:
+    """The pre-training length for section 3, by the rule the plan fixed before the runs.
+
+    The length whose local encoder has the largest mean probe difference against the random encoders (mean over
+    the pre-training seeds); if the longest length's t-interval (over the seeds) overlaps that length's, the
+    longest. Decided only when every length has the local probe of every seed in ``seeds`` (at least 2).
+
+    Returns:
+        ``(steps, reason)``, or ``(None, what is missing)``.
+    """
+    per_length: dict[int, list[float]] = {}
+    missing = []
+    for epochs, steps in sorted(lengths.items()):
+        for seed in seeds:
+            path = out / "snapshots" / "local" / f"seed{seed}" / f"epochs{epochs}.probe.json"
+            if path.is_file():
+                per_length.setdefault(steps, []).append(float(json.loads(path.read_text())["mean_difference"]))
+            else:
+                missing.append(f"{steps} steps seed {seed}")
+    if missing or len(seeds) < 2:
+        return None, "not decided: local probes missing for " + (", ".join(missing) or "a second seed")
+    means = {steps: float(np.mean(v)) for steps, v in per_length.items()}
+    intervals = {steps: t_interval(v) for steps, v in per_length.items()}
+    best, longest = max(means, key=lambda k: means[k]), max(means)
+    overlap = intervals[longest][0] <= intervals[best][1] and intervals[best][0] <= intervals[longest][1]
+    if best == longest:
+        return longest, f"{longest} steps: the largest mean probe difference ({means[longest]:+.3f})"
+    if overlap:
+        return longest, (
+            f"{longest} steps: {best} steps has the largest mean probe difference ({means[best]:+.3f}), but the "
+            f"{longest}-step interval {_fmt((means[longest], *intervals[longest]))} overlaps it "
+            f"{_fmt((means[best], *intervals[best]))}, so the longest"
+        )
+    return best, (
+        f"{best} steps: the largest mean probe difference {_fmt((means[best], *intervals[best]))}, its interval "
+        f"apart from the {longest}-step one {_fmt((means[longest], *intervals[longest]))}"
+    )
+
+
 def _fmt(lo_mean_hi: tuple[float, float, float]) -> str:
     mean, lo, hi = lo_mean_hi
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else f"{mean:+.3f} [n/a]"
@@ -213,6 +252,8 @@ def report(out: Path, lengths: dict[int, int], seeds: list[int], methods: list[s
     lines += ["| pre-training | steps | seeds | A - random [95 % t] |", "|---|---|---|---|"]
     for (method, steps), diffs in across.items():
         lines.append(f"| {method} | {steps} | {len(diffs)} | {_fmt((float(np.mean(diffs)), *t_interval(diffs)))} |")
+    chosen, reason = choose_length(out, lengths, seeds)
+    lines += ["", f"**Length for section 3** (the plan's rule, over seeds {seeds}): {reason}.", ""]
     lines += ["", "## Fine-tuning from each snapshot: paired differences by seed", ""]
     comparisons = (
         ("ideal", "cps", "local pre-training, CPS fine-tuning: IDEAL - CPS"),

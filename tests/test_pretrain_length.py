@@ -65,3 +65,83 @@ def test_pretrain_length_driver(tmp_path):
     mtimes = {p: p.stat().st_mtime for p in out.rglob("*.pt")}
     driver.main(args)  # resumable: nothing is redone
     assert {p: p.stat().st_mtime for p in out.rglob("*.pt")} == mtimes
+
+
+@pytest.mark.parametrize(
+    "diffs, expected",
+    [
+        # the longest is best: the longest
+        ({90: [0.01, 0.02, 0.03], 900: [0.03, 0.04, 0.05], 2700: [0.06, 0.07, 0.08]}, 2700),
+        # 900 best, 2700's interval overlaps it: the longest
+        ({90: [0.01, 0.02, 0.03], 900: [0.05, 0.10, 0.15], 2700: [0.02, 0.06, 0.10]}, 2700),
+        # 900 best and clearly apart from 2700: 900
+        ({90: [0.01, 0.02, 0.03], 900: [0.20, 0.21, 0.22], 2700: [0.01, 0.02, 0.03]}, 900),
+        # a probe missing: not decided
+        ({90: [0.01, 0.02, 0.03], 900: [0.20, 0.21], 2700: [0.01, 0.02, 0.03]}, None),
+    ],
+)
+def test_length_choice_follows_the_plans_rule(tmp_path, diffs, expected):
+    """The rule committed in docs/plan_equal_footing.md before the runs: the largest mean local probe difference
+    over the seeds; the longest when its interval overlaps the best one's; undecided while a probe is missing."""
+    driver = _driver()
+    lengths = {steps // 9: steps for steps in diffs}
+    for steps, values in diffs.items():
+        for seed, value in enumerate(values):
+            path = tmp_path / "snapshots" / "local" / f"seed{seed}" / f"epochs{steps // 9}.probe.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"mean_difference": value}))
+    chosen, reason = driver.choose_length(tmp_path, lengths, [0, 1, 2])
+    assert chosen == expected, reason
+    assert ("not decided" in reason) == (expected is None)
+
+
+def test_section3_driver_reuses_section2_and_plans_the_sweep(tmp_path, capsys):
+    """``benchmarks/equal_footing_sweep.py``: the length from section 2's probes by the plan's rule, section 2's
+    encoders and fine-tuned cells of that length reused (so they are planned as done), the rest planned with the
+    same settings; it refuses to start while the rule cannot decide."""
+    spec = importlib.util.spec_from_file_location("efs", REPO / "benchmarks" / "equal_footing_sweep.py")
+    efs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(efs)
+    section2, out = tmp_path / "length", tmp_path / "sweep"
+    training = [{"id": f"p{i:03d}", "image": f"i{i}.nii.gz", "num_slices": 10} for i in range(15)]
+    (section2 / "prepared").mkdir(parents=True)
+    datalist = {"fractions": ["2.5", "10", "100"], "preparation": {"dataset": "acdc"}, "training": training}
+    (section2 / "prepared" / "datalist.json").write_text(json.dumps(datalist))
+    args = ["--out", str(out), "--lengths_from", str(section2), "--dry_run"]
+    with pytest.raises(SystemExit, match="not decided"):
+        efs.main(args)
+    for seed in range(3):  # 900 steps (100 epochs of 9) clearly best
+        for epochs, diff in ((10, 0.01), (100, 0.20 + 0.01 * seed), (300, 0.02 + 0.01 * seed)):
+            path = section2 / "snapshots" / "local" / f"seed{seed}" / f"epochs{epochs}.probe.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"mean_difference": diff}))
+    for method in ("local", "global"):
+        (section2 / "snapshots" / method / "seed0").mkdir(parents=True, exist_ok=True)
+        (section2 / "snapshots" / method / "seed0" / "epochs100.pt").write_bytes(method.encode())
+    cell = section2 / "finetune" / "steps900" / "cps" / "f2.5" / "seed0"
+    (cell / "eval").mkdir(parents=True)
+    (cell / "eval" / "metrics_summary.json").write_text("{}")
+    (section2 / "finetune" / "steps900" / "cps" / "f2.5" / "seed7" / "eval").mkdir(parents=True)  # not a seed here
+
+    copied = efs.reuse_section2(section2, out, 100, 900, [0, 1, 2, 3, 4])
+    assert sorted(copied) == sorted([
+        "ideal/seed0/pretrain/models/pretrained_encoder.pt", "global_cl/seed0/pretrain/models/pretrained_encoder.pt",
+        "cps/f2.5/seed0",
+    ])  # fmt: skip
+    assert (out / "global_cl" / "seed0" / "pretrain" / "models" / "pretrained_encoder.pt").read_bytes() == b"global"
+    assert efs.reuse_section2(section2, out, 100, 900, [0]) == []  # nothing present is overwritten
+    capsys.readouterr()
+    efs.main(args)
+    text = capsys.readouterr().out
+    assert "pre-training length: 900 steps" in text and "100 epochs of 9 steps" in text
+    for done in ("ideal/seed0/pretrain (done, skip)", "global_cl/seed0/pretrain (done, skip)",
+                 "cps/f2.5/seed0/train (done, skip)", "cps/f2.5/seed0/evaluate (done, skip)"):  # fmt: skip
+        assert done in text, done
+    for pending in (
+        "ideal/seed1/pretrain (run)",
+        "chaitanya/seed4/pretrain_decoder (run)",
+        "cps/f100/seed2/train (run)",
+    ):
+        assert pending in text, pending
+    assert "cps/f100/seed3" not in text  # 100 % with seeds 0-2 only
+    assert "--max_epochs 100" in text and "--learning_rate 0.001" in text

@@ -34,6 +34,7 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("local_cl", "global_cl", "local vs global pre-training (supervised fine-tuning)"),
     ("ideal", "global_cps", "local vs global pre-training (cross-pseudo-label fine-tuning)"),
     ("global_cl", "supervised", "global pre-training vs random init (supervised fine-tuning)"),
+    ("global_cps", "cps", "global pre-training vs random init (cross-pseudo-label fine-tuning)"),
     ("cps", "supervised", "cross pseudo-labels vs supervised fine-tuning (random init)"),
     ("ideal", "supervised", "IDEAL vs supervised from random init"),
     ("ideal", "pcl", "IDEAL vs PCL pre-training (both cross-pseudo-label fine-tuning)"),

@@ -1,0 +1,131 @@
+"""The sweep on equal footing (issue #24, section 3; the plan: ``docs/plan_equal_footing.md``).
+
+Run (resumable: a rerun skips every finished step; kill it at any time)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/equal_footing_sweep.py --out runs/equal_footing \\
+        --lengths_from runs/pretrain_length
+
+What it does:
+
+1. **the length**: the pre-training length chosen from section 2 by the plan's rule
+   (:func:`pretrain_length.choose_length` on ``--lengths_from``'s local probes), or ``--steps`` given by hand
+   (the report then says so); it refuses to start while the rule cannot decide.
+2. **reuse** (nothing is re-run that section 2 already ran with the same settings): the section-2 snapshots of that
+   length become the sweep's encoders for their seeds (``ideal`` / ``local_cl`` from the local one, ``global_cl`` /
+   ``global_cps`` from the global one), and its fine-tuned cells at that length (same data, overrides, seeds)
+   are copied in. Every other seed pre-trains in the sweep with the same settings (bit-identical to a snapshot).
+3. **the sweep**: ``python -m ideal_components sweep``'s code into ``--out``, with the section-2 settings
+   (``pretrain_length.FULL``): the methods at 1 and 2 labelled volumes (2.5 and 10 %) with seeds 0-4, then at 100 %
+   with seeds 0-2; the rivals (``pcl``, ``pcl_sup``, ``chaitanya``, ``chaitanya_sup``) with their own pre-training
+   at the same length. Its ``results.md`` holds the table and every paired difference with its t-interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ideal_components.experiments.sweep import sweep  # noqa: E402
+
+
+def _length_driver():
+    spec = importlib.util.spec_from_file_location("pretrain_length", REPO / "benchmarks" / "pretrain_length.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pretrain_length = _length_driver()
+
+METHODS = "supervised,cps,local_cl,ideal,global_cl,global_cps,pcl,pcl_sup,chaitanya,chaitanya_sup"
+#: sweep method owning the encoder folder <- section-2 pre-training, and the fine-tuned methods copied from there
+REUSED = {"ideal": "local", "global_cl": "global"}
+FINETUNED = ("ideal", "local_cl", "global_cps", "global_cl", "cps", "supervised")
+
+
+def section2_length(lengths_from: Path, setup: dict, lengths: str, seeds: list[int]) -> tuple[int | None, str, int]:
+    """``(steps or None, reason, steps per epoch)`` from section 2's local probes (the plan's rule)."""
+    per_epoch = pretrain_length.steps_per_epoch(lengths_from / "prepared", setup["pretrain"]["batch_size"])
+    epochs = sorted({max(1, round(int(n) / per_epoch)) for n in lengths.split(",") if n})
+    steps, reason = pretrain_length.choose_length(lengths_from, {e: e * per_epoch for e in epochs}, seeds)
+    return steps, reason, per_epoch
+
+
+def reuse_section2(lengths_from: Path, out: Path, epochs: int, steps: int, seeds: list[int]) -> list[str]:
+    """Copy section 2's encoders (snapshots of ``epochs``) and fine-tuned cells (``finetune/steps<steps>``) into the
+    sweep folder where it looks for them; nothing present is overwritten. Returns what was copied."""
+    copied = []
+    for owner, method in REUSED.items():
+        for seed in seeds:
+            snapshot = lengths_from / "snapshots" / method / f"seed{seed}" / f"epochs{epochs}.pt"
+            encoder = out / owner / f"seed{seed}" / "pretrain" / "models" / "pretrained_encoder.pt"
+            if snapshot.is_file() and not encoder.exists():
+                encoder.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(snapshot, encoder.with_suffix(".tmp"))
+                os.replace(encoder.with_suffix(".tmp"), encoder)
+                copied.append(str(encoder.relative_to(out)))
+    cells = lengths_from / "finetune" / f"steps{steps}"
+    for method in FINETUNED:
+        for cell in sorted((cells / method).glob("f*/seed*")):
+            target = out / cell.relative_to(cells)
+            if int(cell.name[4:]) in seeds and (cell / "eval" / "metrics_summary.json").is_file():
+                if not target.exists():
+                    shutil.copytree(cell, target)
+                    copied.append(str(target.relative_to(out)))
+    return copied
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/equal_footing")
+    parser.add_argument("--lengths_from", default="runs/pretrain_length", help="section 2's --out")
+    parser.add_argument("--lengths", default="90,900,2700", help="section 2's lengths (steps)")
+    parser.add_argument("--length_seeds", default="0,1,2", help="section 2's pre-training seeds")
+    parser.add_argument("--steps", type=int, default=None, help="pre-training steps by hand (not the plan's rule)")
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--fractions", default="2.5,10")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--full_fraction_seeds", default="0,1,2", help="seeds at 100 %% ('' for none)")
+    parser.add_argument("--dry_run", action="store_true", help="print the plans, run nothing")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter of the bundle runs")
+    parser.add_argument("--tiny", action="store_true", help="section 2's tiny settings (the tests)")
+    args = parser.parse_args(argv)
+    setup = pretrain_length.TINY if args.tiny else pretrain_length.FULL
+    lengths_from, out = Path(args.lengths_from).resolve(), Path(args.out).resolve()
+    length_seeds = [int(s) for s in args.length_seeds.split(",") if s]
+    steps, reason, per_epoch = section2_length(lengths_from, setup, args.lengths, length_seeds)
+    if args.steps is not None:
+        steps, reason = args.steps, f"{args.steps} steps given by hand (--steps), not the plan's rule ({reason})"
+    if steps is None:
+        raise SystemExit(f"section 3 cannot start: {reason} (in {lengths_from}); or give --steps.")
+    epochs = max(1, round(steps / per_epoch))
+    print(f"pre-training length: {reason}; {epochs} epochs of {per_epoch} steps", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    full_seeds = [int(s) for s in args.full_fraction_seeds.split(",") if s]
+    if not args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        for path in reuse_section2(lengths_from, out, epochs, epochs * per_epoch, seeds):
+            print(f"reused from section 2: {path}", flush=True)
+        note = {"length": reason, "epochs": epochs, "steps": epochs * per_epoch, "lengths_from": str(lengths_from)}
+        (out / "length.json").write_text(json.dumps(note, indent=2) + "\n")
+    overrides = {**setup["schedule"], **setup["finetune"]}
+    pretrain_overrides = {**setup["pretrain"], "max_epochs": epochs}
+    common = dict(dataset_dir=str(lengths_from / "prepared"), out=str(out), overrides=overrides,
+                  pretrain_overrides=pretrain_overrides, dry_run=args.dry_run, python=args.python)  # fmt: skip
+    fractions = args.fractions if not args.tiny or args.fractions != "2.5,10" else pretrain_length._fractions(
+        lengths_from / "prepared", setup)  # fmt: skip
+    sweep(str(pretrain_length.BUNDLE), fractions, args.methods, ",".join(map(str, seeds)), **common)
+    if full_seeds:
+        sweep(str(pretrain_length.BUNDLE), "100", args.methods, ",".join(map(str, full_seeds)), **common)
+
+
+if __name__ == "__main__":
+    main()
