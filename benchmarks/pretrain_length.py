@@ -214,6 +214,33 @@ def choose_length(out: Path, lengths: dict[int, int], seeds: list[int]) -> tuple
     )
 
 
+def probe_trend(out: Path, lengths: dict[int, int], seeds: list[int]) -> list[str]:
+    """The plan's trend: each encoder's probe Dice at the longest length minus at the shortest, same pre-training
+    seed and same labelled volume (t over the volumes per seed; t over the seeds' means across them)."""
+    if len(lengths) < 2:
+        return []
+    (short, short_steps), (long, long_steps) = min(lengths.items()), max(lengths.items())
+    lines = [
+        "",
+        f"Trend, probe Dice at {long_steps} minus at {short_steps} steps (same seed, same labelled volume):",
+        "",
+    ]
+    lines += ["| pre-training | seed | volumes | longer - shorter [95 % t] |", "|---|---|---|---|"]
+    for method in PRETRAIN_CONFIGS:
+        means = []
+        for seed in seeds:
+            paths = [out / "snapshots" / method / f"seed{seed}" / f"epochs{e}.probe.json" for e in (short, long)]
+            if not all(p.is_file() for p in paths):
+                continue
+            a, b = ({tuple(u["labeled"]): u["dice_encoder"] for u in json.loads(p.read_text())["units"]} for p in paths)
+            diffs = [b[k] - a[k] for k in a if k in b]
+            means.append(float(np.mean(diffs)))
+            lines.append(f"| {method} | {seed} | {len(diffs)} | {_fmt((means[-1], *t_interval(diffs)))} |")
+        if len(means) > 1:
+            lines.append(f"| {method} | {len(means)} seeds | | {_fmt((float(np.mean(means)), *t_interval(means)))} |")
+    return lines
+
+
 def _fmt(lo_mean_hi: tuple[float, float, float]) -> str:
     mean, lo, hi = lo_mean_hi
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else f"{mean:+.3f} [n/a]"
@@ -252,6 +279,7 @@ def report(out: Path, lengths: dict[int, int], seeds: list[int], methods: list[s
     lines += ["| pre-training | steps | seeds | A - random [95 % t] |", "|---|---|---|---|"]
     for (method, steps), diffs in across.items():
         lines.append(f"| {method} | {steps} | {len(diffs)} | {_fmt((float(np.mean(diffs)), *t_interval(diffs)))} |")
+    lines += probe_trend(out, lengths, seeds)
     chosen, reason = choose_length(out, lengths, seeds)
     lines += ["", f"**Length for section 3** (the plan's rule, over seeds {seeds}): {reason}.", ""]
     lines += ["", "## Fine-tuning from each snapshot: paired differences by seed", ""]
@@ -282,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop_after", default="finetune", choices=["pretrain", "probe", "finetune"])
     parser.add_argument("--results", default=None, help="Markdown report (default <out>/results.md)")
     parser.add_argument("--tiny", action="store_true", help="tiny data and network (the tests)")
+    parser.add_argument("--report_only", action="store_true", help="write the report of what is done, run nothing")
     args = parser.parse_args(argv)
     setup = TINY if args.tiny else FULL
     out = Path(args.out).resolve()
@@ -298,6 +327,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{per_epoch} pre-training steps per epoch; lengths (epochs: steps) {lengths}; seeds {seeds}", flush=True)
     results = Path(args.results) if args.results else out / "results.md"
     command = " ".join(["python benchmarks/pretrain_length.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.report_only:
+        atomic_write_text(str(results), report(out, lengths, seeds, methods, command))
+        print(results.read_text(), flush=True)
+        return
     for e, steps in lengths.items():
         snapshots = {}
         for seed in seeds:

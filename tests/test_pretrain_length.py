@@ -62,6 +62,10 @@ def test_pretrain_length_driver(tmp_path):
     assert len({p.read_text() for g in cps for p in g}) <= 1  # the random-init cell is copied, not re-run
     text = (out / "results.md").read_text()
     assert "| local | " in text and "ideal - cps" in text and f"### {2 * per_epoch} pre-training steps" in text
+    assert f"Trend, probe Dice at {2 * per_epoch} minus at {per_epoch} steps" in text and "| local | 0 | 2 | " in text
+    assert "**Length for section 3** (the plan's rule, over seeds [0]): not decided" in text
+    driver.main(args + ["--report_only", "--results", str(tmp_path / "report.md")])
+    assert (tmp_path / "report.md").read_text().split("\n", 3)[3] == text.split("\n", 3)[3]  # all but the command
     mtimes = {p: p.stat().st_mtime for p in out.rglob("*.pt")}
     driver.main(args)  # resumable: nothing is redone
     assert {p: p.stat().st_mtime for p in out.rglob("*.pt")} == mtimes
