@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ideal_components.experiments.sweep import sweep  # noqa: E402
+from ideal_components.utils import atomic_write_text  # noqa: E402
 
 
 def _length_driver():
@@ -110,12 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"pre-training length: {reason}; {epochs} epochs of {per_epoch} steps", flush=True)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     full_seeds = [int(s) for s in args.full_fraction_seeds.split(",") if s]
+    chosen = out / "length.json"
+    if chosen.is_file() and json.loads(chosen.read_text()).get("steps") != epochs * per_epoch:
+        raise SystemExit(f"{chosen} records another length ({chosen.read_text().strip()}); use another --out.")
     if not args.dry_run:
         out.mkdir(parents=True, exist_ok=True)
         for path in reuse_section2(lengths_from, out, epochs, epochs * per_epoch, seeds):
             print(f"reused from section 2: {path}", flush=True)
         note = {"length": reason, "epochs": epochs, "steps": epochs * per_epoch, "lengths_from": str(lengths_from)}
-        (out / "length.json").write_text(json.dumps(note, indent=2) + "\n")
+        atomic_write_text(str(chosen), json.dumps(note, indent=2) + "\n")
     overrides = {**setup["schedule"], **setup["finetune"]}
     pretrain_overrides = {**setup["pretrain"], "max_epochs": epochs}
     common = dict(dataset_dir=str(lengths_from / "prepared"), out=str(out), overrides=overrides,

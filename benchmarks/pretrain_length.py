@@ -12,7 +12,7 @@ What it does, in this order, for each length (optimiser steps, ``--lengths 90,90
 2. **pre-training**: one run per (method, seed) of the ACDC bundle's ``pretrain.json`` (local) and ``pretrain.json``
    + ``pretrain_global.json`` (global), continued to each length in turn with ``--resume True`` and a raised
    ``max_epochs`` (bit-identical to an uninterrupted run; the learning rate is constant), its encoder copied to
-   ``snapshots/<method>/seed<k>/steps<N>.pt`` after each. The steps per epoch come from the prepared data; a length
+   ``snapshots/<method>/seed<k>/epochs<E>.pt`` after each. The steps per epoch come from the prepared data; a length
    is rounded to whole epochs and the table names the steps actually made.
 3. **probe**: each snapshot against ``random:0,random:1,random:2`` (``python -m ideal_components probe``, 5 single
    labelled volumes, classifier seeds 0-2); the random encoders' results are cached in ``probe_cache`` and fitted
@@ -175,12 +175,16 @@ def finetune(prepared: Path, out: Path, length: int, seeds: list[int], snapshots
     return length_out
 
 
-def choose_length(out: Path, lengths: dict[int, int], seeds: list[int]) -> tuple[int | None, str]:
+def choose_length(
+    out: Path, lengths: dict[int, int], seeds: list[int], planned: tuple[int, ...] = (90, 900, 2700)
+) -> tuple[int | None, str]:
     """The pre-training length for section 3, by the rule the plan fixed before the runs.
 
     The length whose local encoder has the largest mean probe difference against the random encoders (mean over
     the pre-training seeds); if the longest length's t-interval (over the seeds) overlaps that length's, the
-    longest. Decided only when every length has the local probe of every seed in ``seeds`` (at least 2).
+    longest. Decided only when every length has the local probe of every seed in ``seeds`` (at least 2). When
+    ``lengths`` stops short of the plan's longest (``planned``, in steps: it did not fit the time), the longest
+    given takes its place, and the reason says so.
 
     Returns:
         ``(steps, reason)``, or ``(None, what is missing)``.
@@ -196,6 +200,13 @@ def choose_length(out: Path, lengths: dict[int, int], seeds: list[int]) -> tuple
                 missing.append(f"{steps} steps seed {seed}")
     if missing or len(seeds) < 2:
         return None, "not decided: local probes missing for " + (", ".join(missing) or "a second seed")
+    steps, reason = _apply_rule(per_length)
+    if max(per_length) < max(planned):
+        reason += f" (the plan's {max(planned)} steps were not completed: the longest completed length stands in)"
+    return steps, reason
+
+
+def _apply_rule(per_length: dict[int, list[float]]) -> tuple[int, str]:
     means = {steps: float(np.mean(v)) for steps, v in per_length.items()}
     intervals = {steps: t_interval(v) for steps, v in per_length.items()}
     best, longest = max(means, key=lambda k: means[k]), max(means)

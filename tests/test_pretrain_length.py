@@ -96,7 +96,12 @@ def test_length_choice_follows_the_plans_rule(tmp_path, diffs, expected):
             path.write_text(json.dumps({"mean_difference": value}))
     chosen, reason = driver.choose_length(tmp_path, lengths, [0, 1, 2])
     assert chosen == expected, reason
-    assert ("not decided" in reason) == (expected is None)
+    assert ("not decided" in reason) == (expected is None) and "not completed" not in reason
+    # 2,700 steps did not fit: the longest completed length stands in for it, and the reason says so
+    shorter = {e: s for e, s in lengths.items() if s < 2700}
+    chosen, reason = driver.choose_length(tmp_path, shorter, [0, 1, 2])
+    if expected is not None:
+        assert chosen == (900 if expected == 2700 else expected) and "2700 steps were not completed" in reason
 
 
 def test_section3_driver_reuses_section2_and_plans_the_sweep(tmp_path, capsys):
@@ -148,4 +153,8 @@ def test_section3_driver_reuses_section2_and_plans_the_sweep(tmp_path, capsys):
     ):
         assert pending in text, pending
     assert "cps/f100/seed3" not in text  # 100 % with seeds 0-2 only
+    # a folder that ran another length is refused before anything is copied into it
+    (out / "length.json").write_text(json.dumps({"steps": 2700}))
+    with pytest.raises(SystemExit, match="another length"):
+        efs.main(args)
     assert "--max_epochs 100" in text and "--learning_rate 0.001" in text

@@ -246,7 +246,6 @@ def test_sampler_batches_hold_every_partition_of_distinct_volumes():
     sampler = VolumePartitionBatchSampler(items, n_parts=4, volumes_per_batch=2, seed=3)
     assert "e" not in sampler.volume_ids and len(sampler) == 2  # 5 eligible volumes -> 2 batches of 2
     seen, first_pass = [], list(sampler)
-    sampler.set_epoch(0)  # the same epoch again: the next pass, not a reset
     for batch in first_pass:
         assert len(batch) == 8
         vols = [items[i]["id"] for i in batch]
@@ -276,6 +275,10 @@ def test_sampler_passes_within_an_epoch_continue():
             assert [(items[i]["slice"] * 4) // items[i]["num_slices"] for i in batch] == [0, 1, 2, 3] * 2
     resumed = VolumePartitionBatchSampler(items, n_parts=4, volumes_per_batch=2, seed=5)
     assert [list(resumed) for _ in range(4)] == passes
+    # through a DataLoader with a worker process (the batch sampler stays in the main process), as ignite re-iterates
+    loader_sampler = VolumePartitionBatchSampler(items, n_parts=4, volumes_per_batch=2, seed=5)
+    loader = torch.utils.data.DataLoader(list(range(len(items))), batch_sampler=loader_sampler, num_workers=1)
+    assert [[b.tolist() for b in loader] for _ in range(4)] == passes
     sampler.set_epoch(1)
     resumed.set_epoch(1)
     assert list(sampler) == list(resumed) != passes[0]

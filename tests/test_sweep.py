@@ -220,13 +220,27 @@ def test_plan_chaitanya_two_stages_shared_and_loaded(tmp_path, fake_data):
     # overwrite clears the folder before stage 1 only (stage 2 needs stage 1's encoder)
     again = sw.plan_sweep(str(BUNDLE), "10", "chaitanya", "0", str(fake_data), str(out), TINY, ignore_done=True)
     clears = {s.kind: s.clear for s in again.steps if s.fraction is None}
-    assert clears == {"pretrain": [str(root / "models"), str(root / "logs")], "pretrain_decoder": []}
-    # done as soon as its file exists; a missing decoder file keeps stage 2 pending
+    assert clears["pretrain"][:2] == [str(root / "models"), str(root / "logs")] and clears["pretrain_decoder"] == []
+
+    def stages():
+        plan = sw.plan_sweep(str(BUNDLE), "10", "chaitanya", "0", str(fake_data), str(out), TINY)
+        return {s.kind: s for s in plan.steps if s.fraction is None}
+
+    # stage 1 to run again, stage 2's files from an earlier run present: stage 2 reruns, stage 1 removes them first
     (root / "models").mkdir(parents=True)
+    stale = [root / "models" / "pretrained_decoder.pt", root / "models" / "pretrain_decoder_checkpoint_epoch=2.pt"]
+    for p in stale:
+        p.write_bytes(b"old")
+    plan = stages()
+    assert not plan["pretrain"].done and not plan["pretrain_decoder"].done
+    assert set(map(str, stale)) <= set(plan["pretrain"].clear) and plan["pretrain_decoder"].clear == []
+    # stage 1 done: stage 2 is done as soon as its file exists, and resumes (its checkpoints kept) until then
     (root / "models" / "pretrained_encoder.pt").write_bytes(b"x")
-    kinds = {s.kind: s.done for s in sw.plan_sweep(str(BUNDLE), "10", "chaitanya", "0", str(fake_data), str(out),
-                                                   TINY).steps if s.fraction is None}  # fmt: skip
-    assert kinds == {"pretrain": True, "pretrain_decoder": False}
+    assert {k: s.done for k, s in stages().items()} == {"pretrain": True, "pretrain_decoder": True}
+    stale[0].unlink()
+    plan = stages()
+    assert {k: s.done for k, s in plan.items()} == {"pretrain": True, "pretrain_decoder": False}
+    assert plan["pretrain_decoder"].clear == [] and stale[1].exists()
     with pytest.raises(ValueError, match="pretrained_decoder"):
         sw.plan_sweep(str(BUNDLE), "10", "chaitanya", "0", str(fake_data), str(out), {"pretrained_decoder": "x"})
 

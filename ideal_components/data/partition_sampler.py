@@ -39,7 +39,7 @@ class VolumePartitionBatchSampler(Sampler[list[int]]):
     - The order depends only on ``(seed, epoch)``, the rank and the pass: call :meth:`set_epoch` every epoch (the
       trainers and :class:`~ideal_components.handlers.EpochSeedHandler` do), so a resumed run repeats an
       uninterrupted one. When an epoch is longer than one pass (an ``epoch_length`` above ``len(sampler)``, as
-      ``pretrain_chaitanya.json`` sets to give the local pre-training's steps per epoch), every further pass within
+      ``pretrain.json`` sets for every pre-training, the local one's steps per epoch), every further pass within
       the epoch draws a fresh shuffle and fresh slices (a pass counter in the seed), never a replay of the first.
     - Distributed: the epoch's groups (the same on every rank) are dealt out to the ranks, group ``g`` to rank
       ``g % num_replicas``; every rank gets the same number of batches. The loss sees its own rank's batch only.

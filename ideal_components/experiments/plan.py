@@ -308,7 +308,7 @@ def plan_sweep(
     settings = {"bundle": str(bundle_dir), "dataset_dir": str(data_dir), "overrides": ft, "pretrain_overrides": pt_own}
     steps: list[SweepStep] = []
     for seed in seed_list:
-        pretrain_steps: dict[Path, SweepStep] = {}  # one per pre-training folder, shared by the methods reusing it
+        pretrain_steps: dict[tuple[Path, str], SweepStep] = {}  # one per (pre-training folder, stage), shared
         for m in method_names:
             spec = METHODS[m]
             cell_steps: list[SweepStep] = []
@@ -356,6 +356,14 @@ def plan_sweep(
                     elif not cells_done:  # another method still needs the shared pre-training
                         shared.done = done_file.is_file() and not ignore_done
             steps += cell_steps
+        for (root, kind), stage in pretrain_steps.items():
+            first = pretrain_steps[(root, "pretrain")]
+            if kind != "pretrain" and not first.done:
+                # stage 1 will (re)run: the next stage starts afresh from the new encoder, never from files (or
+                # checkpoints, which hold the old frozen encoder) of an earlier stage 2; stage 1 removes them
+                stage.done = False
+                stale = [stage.done_file] + sorted(str(p) for p in (root / "models").glob(f"{kind}_checkpoint*"))
+                first.clear = first.clear + [p for p in stale if p not in first.clear]
     return SweepPlan(str(out_dir), settings, dataset, method_names, fraction_keys, seed_list, steps)
 
 

@@ -33,6 +33,7 @@ Command line (``--seeds 0,1,2``: python-fire reads comma-separated lists)::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -374,12 +375,20 @@ def probe(
     return out
 
 
+#: the functions whose code decides a probe's figures (their source is part of the cache key)
+_RESULT_FUNCTIONS = ("_load_encoder", "_reestimate_batch_norm", "_features", "_pretext", "_fit", "_volume",
+                     "_spaced", "_labeled_groups", "_probe_dice")  # fmt: skip
+
+
 def _cache_path(cache_dir: str | None, spec: str, dataset_dir: str, settings: dict[str, Any]) -> str | None:
     """The cache file of one encoder's probe results, or ``None`` without a cache: named by a SHA-256 of the encoder
-    (``random:SEED``, or the bytes of its file), the datalist (its path and bytes), the settings and torch's version."""
+    (``random:SEED``, or the bytes of its file), the datalist (its path and bytes), the settings, torch's version and
+    the source of every function that computes a result (a change to the probe's code misses the old entries)."""
     if cache_dir in (None, "", "None", "none"):
         return None
     key = hashlib.sha256()
+    for fn in _RESULT_FUNCTIONS:
+        key.update(inspect.getsource(globals()[fn]).encode())
     if spec.startswith("random:"):
         key.update(spec.encode())
     else:
