@@ -17,8 +17,8 @@ The archive is what ``python -m monai.bundle download`` expects: it unpacks into
 a local ``file://`` URL::
 
     python -m ideal_components package_bundle bundles/ideal_acdc --out dist --weights runs/acdc/models/model.pt \\
-        --url https://github.com/<owner>/<repo>/releases/download/v0.8.0/ideal_acdc_model.pt
-    python -m monai.bundle download --name ideal_acdc --url file://$PWD/dist/ideal_acdc_v0.8.0.zip --bundle_dir b
+        --url https://github.com/<owner>/<repo>/releases/download/v0.9.0/ideal_acdc_model.pt
+    python -m monai.bundle download --name ideal_acdc --url file://$PWD/dist/ideal_acdc_v0.9.0.zip --bundle_dir b
     # then fetch the weights listed in large_files.yml (monai's reader of .yml files needs PyYAML):
     python -m monai.bundle download_large_files --bundle_path b/ideal_acdc
 """
@@ -340,7 +340,7 @@ def package_bundle(
     Example::
 
         python -m ideal_components package_bundle bundles/ideal_acdc --out dist --weights runs/acdc/models/model.pt
-        python -m monai.bundle download --name ideal_acdc --url file://$PWD/dist/ideal_acdc_v0.8.0.zip --bundle_dir b
+        python -m monai.bundle download --name ideal_acdc --url file://$PWD/dist/ideal_acdc_v0.9.0.zip --bundle_dir b
     """
     root = Path(bundle).resolve()
     if not root.is_dir():
