@@ -60,11 +60,15 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert len(list((root / "logs" / "pretrain").glob("events.out.tfevents.*"))) == 1  # rank 0 only
 
     train = _shard_recorder(tmp_path / "shard_train.json", "train.json")
-    out = _torchrun(
-        root, ["train.json", "multi_gpu_train.json", train], *common, "--max_epochs", "2", "--val_interval", "1"
-    )
+    # decoder blocks as Chaitanya et al.'s stage 2 writes them: loaded on every rank too (load_pretrained)
+    from ideal_components.rival_networks import DecoderContrastiveNet, save_decoder
+
+    decoder = save_decoder(DecoderContrastiveNet(backbone="resnet10", decoder_blocks=3), str(tmp_path / "decoder.pt"))
+    args = ["--max_epochs", "2", "--val_interval", "1", "--pretrained_decoder", decoder]
+    out = _torchrun(root, ["train.json", "multi_gpu_train.json", train], *common, *args)
     _check_shards(root, "train")
     assert out.count("loaded pretrained encoder weights") == 2  # every rank starts from the encoder
+    assert out.count("loaded pretrained decoder block(s) [0, 1, 2]") == 2
     assert len(list((root / "logs" / "train").glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name for p in (root / "models").iterdir()) == [
         "model.pt",
