@@ -23,28 +23,16 @@ What it does:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pretrain_length  # noqa: E402  (benchmarks/pretrain_length.py: section 2's driver, its settings and helpers)
 
 from ideal_components.experiments.sweep import sweep  # noqa: E402
 from ideal_components.utils import atomic_write_text  # noqa: E402
-
-
-def _length_driver():
-    spec = importlib.util.spec_from_file_location("pretrain_length", REPO / "benchmarks" / "pretrain_length.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pretrain_length = _length_driver()
 
 METHODS = "supervised,cps,local_cl,ideal,global_cl,global_cps,pcl,pcl_sup,chaitanya,chaitanya_sup"
 #: sweep method owning the encoder folder <- section-2 pre-training, and the fine-tuned methods copied from there
@@ -55,8 +43,9 @@ FINETUNED = ("ideal", "local_cl", "global_cps", "global_cl", "cps", "supervised"
 def section2_length(lengths_from: Path, setup: dict, lengths: str, seeds: list[int]) -> tuple[int | None, str, int]:
     """``(steps or None, reason, steps per epoch)`` from section 2's local probes (the plan's rule)."""
     per_epoch = pretrain_length.steps_per_epoch(lengths_from / "prepared", setup["pretrain"]["batch_size"])
-    epochs = sorted({max(1, round(int(n) / per_epoch)) for n in lengths.split(",") if n})
-    steps, reason = pretrain_length.choose_length(lengths_from, {e: e * per_epoch for e in epochs}, seeds)
+    steps, reason = pretrain_length.choose_length(
+        lengths_from, pretrain_length.epoch_lengths(lengths, per_epoch), seeds
+    )
     return steps, reason, per_epoch
 
 
@@ -67,21 +56,11 @@ def reuse_section2(lengths_from: Path, out: Path, epochs: int, steps: int, seeds
     for owner, method in REUSED.items():
         for seed in seeds:
             snapshot = lengths_from / "snapshots" / method / f"seed{seed}" / f"epochs{epochs}.pt"
-            encoder = out / owner / f"seed{seed}" / "pretrain" / "models" / "pretrained_encoder.pt"
-            if snapshot.is_file() and not encoder.exists():
-                encoder.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(snapshot, encoder.with_suffix(".tmp"))
-                os.replace(encoder.with_suffix(".tmp"), encoder)
-                copied.append(str(encoder.relative_to(out)))
+            if snapshot.is_file():
+                copied.append(pretrain_length.place_encoder(snapshot, out, owner, seed))
     cells = lengths_from / "finetune" / f"steps{steps}"
-    for method in FINETUNED:
-        for cell in sorted((cells / method).glob("f*/seed*")):
-            target = out / cell.relative_to(cells)
-            if int(cell.name[4:]) in seeds and (cell / "eval" / "metrics_summary.json").is_file():
-                if not target.exists():
-                    shutil.copytree(cell, target)
-                    copied.append(str(target.relative_to(out)))
-    return copied
+    copied += pretrain_length.copy_done_cells(cells, out, list(FINETUNED), seeds)
+    return [str(p.relative_to(out)) for p in copied if p is not None]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,9 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full_fraction_seeds", default="0,1,2", help="seeds at 100 %% ('' for none)")
     parser.add_argument("--dry_run", action="store_true", help="print the plans, run nothing")
     parser.add_argument("--python", default=sys.executable, help="the interpreter of the bundle runs")
-    parser.add_argument("--tiny", action="store_true", help="section 2's tiny settings (the tests)")
     args = parser.parse_args(argv)
-    setup = pretrain_length.TINY if args.tiny else pretrain_length.FULL
+    setup = pretrain_length.FULL
     lengths_from, out = Path(args.lengths_from).resolve(), Path(args.out).resolve()
     length_seeds = [int(s) for s in args.length_seeds.split(",") if s]
     steps, reason, per_epoch = section2_length(lengths_from, setup, args.lengths, length_seeds)
@@ -124,9 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     pretrain_overrides = {**setup["pretrain"], "max_epochs": epochs}
     common = dict(dataset_dir=str(lengths_from / "prepared"), out=str(out), overrides=overrides,
                   pretrain_overrides=pretrain_overrides, dry_run=args.dry_run, python=args.python)  # fmt: skip
-    fractions = args.fractions if not args.tiny or args.fractions != "2.5,10" else pretrain_length._fractions(
-        lengths_from / "prepared", setup)  # fmt: skip
-    sweep(str(pretrain_length.BUNDLE), fractions, args.methods, ",".join(map(str, seeds)), **common)
+    sweep(str(pretrain_length.BUNDLE), args.fractions, args.methods, ",".join(map(str, seeds)), **common)
     if full_seeds:
         sweep(str(pretrain_length.BUNDLE), "100", args.methods, ",".join(map(str, full_seeds)), **common)
 

@@ -143,6 +143,38 @@ def _fractions(prepared: Path, setup: dict) -> str:
     return str(min((f for f in fractions if str(f) != "100"), key=float))
 
 
+def epoch_lengths(lengths: str, per_epoch: int) -> dict[int, int]:
+    """``"90,900,2700"`` (steps) -> ``{epochs: steps actually made}``, each length rounded to whole epochs."""
+    epochs = sorted({max(1, round(int(n) / per_epoch)) for n in lengths.split(",") if n})
+    return {e: e * per_epoch for e in epochs}
+
+
+def place_encoder(snapshot: Path, sweep_out: Path, owner: str, seed: int) -> Path | None:
+    """Copy ``snapshot`` to where a sweep in ``sweep_out`` reads ``owner``'s encoder of ``seed`` (atomically), unless
+    one is there; returns the new file or ``None``."""
+    encoder = sweep_out / owner / f"seed{seed}" / "pretrain" / "models" / "pretrained_encoder.pt"
+    if encoder.exists():
+        return None
+    encoder.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(snapshot, encoder.with_suffix(".tmp"))
+    os.replace(encoder.with_suffix(".tmp"), encoder)
+    return encoder
+
+
+def copy_done_cells(src: Path, dst: Path, methods: list[str], seeds: list[int]) -> list[Path]:
+    """Copy the evaluated fine-tuning cells of ``methods`` and ``seeds`` from sweep folder ``src`` to ``dst``
+    (``<method>/f<fraction>/seed<k>``), leaving the cells ``dst`` has; returns the new ones."""
+    copied = []
+    for method in methods:
+        for cell in sorted((src / method).glob("f*/seed*")):
+            target = dst / cell.relative_to(src)
+            if int(cell.name[4:]) in seeds and (cell / "eval" / "metrics_summary.json").is_file():
+                if not target.exists():
+                    shutil.copytree(cell, target)
+                    copied.append(target)
+    return copied
+
+
 def finetune(prepared: Path, out: Path, length: int, seeds: list[int], snapshots: dict, methods: list[str], setup):
     """Fine-tune every method of ``methods`` at one pre-training length (a resumable sweep); returns its folder."""
     fractions, overrides = _fractions(prepared, setup), {**setup["schedule"], **setup["finetune"]}
@@ -152,12 +184,8 @@ def finetune(prepared: Path, out: Path, length: int, seeds: list[int], snapshots
         sweep(str(BUNDLE), fractions, ",".join(random_methods), ",".join(map(str, seeds)), str(prepared),
               str(random_out), overrides)  # fmt: skip
     length_out = out / "finetune" / f"steps{length}"
-    for m in random_methods:  # the same cells (random init does not depend on the length): copied, not re-run
-        for cell in (random_out / m).glob("f*/seed*"):
-            target = length_out / cell.relative_to(random_out)
-            if int(cell.name[4:]) in seeds and (cell / "eval" / "metrics_summary.json").is_file():
-                if not target.exists():
-                    shutil.copytree(cell, target)
+    # the same cells (random init does not depend on the length): copied, not re-run
+    copy_done_cells(random_out, length_out, random_methods, seeds)
     pretrained = []
     for method, (owner, finetuned) in SWEEP_OWNER.items():
         finetuned = [m for m in finetuned if m in methods]
@@ -165,10 +193,7 @@ def finetune(prepared: Path, out: Path, length: int, seeds: list[int], snapshots
             continue
         pretrained += finetuned
         for seed in seeds:
-            encoder = length_out / owner / f"seed{seed}" / "pretrain" / "models" / "pretrained_encoder.pt"
-            if not encoder.is_file():
-                encoder.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(snapshots[(method, seed)], encoder)
+            place_encoder(snapshots[(method, seed)], length_out, owner, seed)
     if pretrained:
         sweep(str(BUNDLE), fractions, ",".join(pretrained + random_methods), ",".join(map(str, seeds)),
               str(prepared), str(length_out), overrides)  # fmt: skip
@@ -327,8 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     prepared = prepare_data(out, setup)
     per_epoch = steps_per_epoch(prepared, setup["pretrain"]["batch_size"])
-    epochs = {max(1, round(int(n) / per_epoch)): 0 for n in args.lengths.split(",") if n}
-    lengths = {e: e * per_epoch for e in sorted(epochs)}  # epochs -> steps actually made
+    lengths = epoch_lengths(args.lengths, per_epoch)  # epochs -> steps actually made
     seeds = [int(s) for s in args.seeds.split(",") if s]
     pretrain = [m for m in args.pretrain.split(",") if m]
     unknown = [m for m in pretrain if m not in PRETRAIN_CONFIGS]

@@ -212,7 +212,11 @@ def test_cache_reuses_an_encoders_results(prepared, tmp_path, monkeypatch):
     _run(prepared, tmp_path / "e.json", "random:2", "random:1", cache_dir=str(cache), steps=31, **kw)
     assert len(loaded) == 2  # other settings: both fitted again
 
-    from ideal_components.experiments.probe import _cache_path
+    from ideal_components.experiments.probe import _cache_key
+    from ideal_components.experiments.probe import _cache_path as cache_path
+
+    def _cache_path(cache_dir, spec, dataset_dir, settings):  # the shared part of the key, then the encoder's
+        return cache_path(cache_dir, spec, _cache_key(cache_dir, dataset_dir, settings))
 
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     a.write_bytes(b"one"), b.write_bytes(b"two")

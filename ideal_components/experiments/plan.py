@@ -29,6 +29,8 @@ RESULTS_CSV = "results.csv"
 TRAIN_DONE = "train_done.json"
 ENCODER_REL = ("models", "pretrained_encoder.pt")
 DECODER_REL = ("models", "pretrained_decoder.pt")
+#: the kinds of pre-training step (stage 1, and Chaitanya et al.'s decoder stage)
+PRETRAIN_KINDS: tuple[str, ...] = ("pretrain", "pretrain_decoder")
 SUMMARY_REL = ("eval", "metrics_summary.json")
 MODEL_REL = ("models", "model.pt")
 _SWEEP_VERSION = 1

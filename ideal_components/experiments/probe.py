@@ -263,8 +263,9 @@ def probe(
         progress: show a tqdm progress bar.
         cache_dir: a folder where each encoder's per-pair Dice and pretext accuracy are stored and read back when the
             same encoder (the same ``random:SEED``, or a file with the same bytes) is probed again on the same
-            datalist with the same settings (the key: a SHA-256 of all of them and torch's version). Several probes
-            against the same random baselines then fit the baselines' classifiers once. ``None``: no cache.
+            datalist with the same settings (the key: a SHA-256 of all of them, torch's version and the probe's
+            code). Several probes against the same random baselines then fit the baselines' classifiers once.
+            ``None``: no cache.
 
     Returns:
         ``out``; its JSON holds ``mean_difference`` (A minus the baselines' mean, over the labelled sets), ``ci95``
@@ -311,8 +312,9 @@ def probe(
     bar = tqdm(total=(1 + len(baselines)) * (len(sets) * len(seeds) + len(test)), desc="probe", disable=not show)
     labeled = [[d.get("id", d["image"]) for d in g] for g in groups]
     test_ids = [d.get("id", d["image"]) for d in split["test"]]
+    cache_key = _cache_key(cache_dir, dataset_dir, {**settings, "labeled": labeled, "test_volumes": test_ids})
     for spec in dict.fromkeys([str(encoder), *baselines]):  # an encoder named twice is probed once
-        cached = _cache_path(cache_dir, spec, dataset_dir, {**settings, "labeled": labeled, "test_volumes": test_ids})
+        cached = _cache_path(cache_dir, spec, cache_key)
         if cached and os.path.isfile(cached):
             with open(cached) as f:
                 entry = json.load(f)
@@ -380,24 +382,33 @@ _RESULT_FUNCTIONS = ("_load_encoder", "_reestimate_batch_norm", "_features", "_p
                      "_spaced", "_labeled_groups", "_probe_dice")  # fmt: skip
 
 
-def _cache_path(cache_dir: str | None, spec: str, dataset_dir: str, settings: dict[str, Any]) -> str | None:
-    """The cache file of one encoder's probe results, or ``None`` without a cache: named by a SHA-256 of the encoder
-    (``random:SEED``, or the bytes of its file), the datalist (its path and bytes), the settings, torch's version and
-    the source of every function that computes a result (a change to the probe's code misses the old entries)."""
+def _cache_key(cache_dir: str | None, dataset_dir: str, settings: dict[str, Any]) -> Any:
+    """The part of the cache key every encoder of one probe shares (``None`` without a cache): a SHA-256 of the
+    source of every function that computes a result (a change to the probe's code misses the old entries), the
+    datalist (its path and bytes), the settings and torch's version."""
     if cache_dir in (None, "", "None", "none"):
         return None
     key = hashlib.sha256()
     for fn in _RESULT_FUNCTIONS:
         key.update(inspect.getsource(globals()[fn]).encode())
+    datalist_file = os.path.abspath(os.path.join(dataset_dir, "datalist.json"))
+    with open(datalist_file, "rb") as f:
+        key.update(datalist_file.encode() + hashlib.sha256(f.read()).digest())
+    key.update(json.dumps({**settings, "torch": torch.__version__}, sort_keys=True, default=str).encode())
+    return key
+
+
+def _cache_path(cache_dir: str | None, spec: str, shared_key: Any) -> str | None:
+    """The cache file of one encoder's probe results (``None`` without a cache): ``shared_key`` (:func:`_cache_key`)
+    extended with the encoder (``random:SEED``, or the bytes of its file)."""
+    if shared_key is None:
+        return None
+    key = shared_key.copy()
     if spec.startswith("random:"):
         key.update(spec.encode())
     else:
         with open(spec, "rb") as f:
             key.update(hashlib.sha256(f.read()).digest())
-    datalist_file = os.path.abspath(os.path.join(dataset_dir, "datalist.json"))
-    with open(datalist_file, "rb") as f:
-        key.update(datalist_file.encode() + hashlib.sha256(f.read()).digest())
-    key.update(json.dumps({**settings, "torch": torch.__version__}, sort_keys=True, default=str).encode())
     name = spec.replace("random:", "random") if spec.startswith("random:") else "file"
     return os.path.join(str(cache_dir), f"{name}-{key.hexdigest()[:20]}.json")
 

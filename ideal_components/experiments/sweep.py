@@ -66,6 +66,7 @@ from .methods import METHODS
 from .plan import (
     _SWEEP_VERSION,
     MODEL_REL,
+    PRETRAIN_KINDS,
     RESULTS_CSV,
     RESULTS_MD,
     SWEEP_FILE,
@@ -151,7 +152,7 @@ def _run_step(step: SweepStep) -> float:
             f"sweep step {step.key} failed (exit code {proc.returncode}) in cell {step.bundle_root}; "
             f"log {step.log}, last lines:\n{_tail(step.log)}"
         )
-    if step.kind in ("pretrain", "pretrain_decoder") and not os.path.isfile(step.done_file):
+    if step.kind in PRETRAIN_KINDS and not os.path.isfile(step.done_file):
         raise SweepStepError(f"sweep step {step.key} ended without writing {step.done_file}; log {step.log}.")
     if step.kind == "train":
         model = os.path.join(step.bundle_root, *MODEL_REL)
@@ -160,9 +161,10 @@ def _run_step(step: SweepStep) -> float:
                 f"sweep step {step.key} wrote no {model} (it is saved at validation: is val_interval > max_epochs?); "
                 f"log {step.log}, last lines:\n{_tail(step.log, 20)}"
             )
+        log = _tail(step.log, 10**6)
         for weights, message in (("encoder", "loaded pretrained encoder weights"),
                                  ("decoder", "loaded pretrained decoder block(s)")):  # fmt: skip
-            if f"--pretrained_{weights}" in step.command and message not in _tail(step.log, 10**6):
+            if f"--pretrained_{weights}" in step.command and message not in log:
                 print(f"warning: {step.log} does not report '{message}'.", flush=True)
         atomic_write_text(step.done_file, json.dumps({"finished": _now(), "seconds": round(seconds, 1)}) + "\n")
     if step.kind == "evaluate" and not os.path.isfile(step.done_file):
@@ -268,7 +270,7 @@ def sweep(
     print(f"sweep {out_dir}: {len(pending)} of {len(plan.steps)} steps to run", flush=True)
     cells_run = 0
     for i, step in enumerate(pending, 1):
-        if step.kind.startswith("pretrain") and max_cells is not None and cells_run >= int(max_cells):
+        if step.kind in PRETRAIN_KINDS and max_cells is not None and cells_run >= int(max_cells):
             break
         if step.kind == "train" and max_cells is not None and cells_run >= int(max_cells):
             print(f"max_cells={max_cells} reached; stopping (rerun to resume).", flush=True)
