@@ -17,7 +17,11 @@ What it does:
 3. **the sweep**: ``python -m ideal_components sweep``'s code into ``--out``, with the section-2 settings
    (``pretrain_length.FULL``): the methods at 1 and 2 labelled volumes (2.5 and 10 %) with seeds 0-4, then at 100 %
    with seeds 0-2; the rivals (``pcl``, ``pcl_sup``, ``chaitanya``, ``chaitanya_sup``) with their own pre-training
-   at the same length. Its ``results.md`` holds the table and every paired difference with its t-interval.
+   at the same length.
+4. **the report**: ``<out>/report.md``, both parts together (the table at 2.5 / 10 % over seeds 0-4 and at 100 %
+   over seeds 0-2, every paired difference of the plan with its t-interval over the seeds), rewritten after each
+   part and when a run stops; ``--report_only`` writes it from what is done, running nothing. (Each sweep call's own
+   ``results.md`` holds only its last call's fractions.)
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pretrain_length  # noqa: E402  (benchmarks/pretrain_length.py: section 2's driver, its settings and helpers)
 
+from ideal_components.experiments.compare import paired_differences, paired_markdown  # noqa: E402
+from ideal_components.experiments.results import collect_results, results_markdown  # noqa: E402
 from ideal_components.experiments.sweep import sweep  # noqa: E402
 from ideal_components.utils import atomic_write_text  # noqa: E402
 
@@ -63,6 +69,30 @@ def reuse_section2(lengths_from: Path, out: Path, epochs: int, steps: int, seeds
     return [str(p.relative_to(out)) for p in copied if p is not None]
 
 
+def report(out: Path, methods: list[str], parts: list[tuple[list[str], list[int]]], length: str, command: str) -> str:
+    """The section-3 report of what is done in ``out``: one table over the ``parts`` (``(fractions, seeds)``, each
+    fraction with its own seeds) and the paired differences, each part over its own seeds. Partial while cells are
+    missing: the table counts the seeds done of those planned, and a difference uses the seeds where both are done."""
+    rows, paired = [], []
+    for fractions, seeds in parts:
+        rows += [r for r in collect_results(str(out), methods, fractions, seeds, "acdc") if r["fraction"] in fractions]
+        paired += paired_differences(str(out), fractions, seeds)
+    planned = sum(len(methods) * len(f) * len(s) for f, s in parts)
+    done = sum(len(r["seeds_done"]) for r in rows)
+    lines = [
+        results_markdown(rows, title="The sweep on equal footing (issue #24, section 3)").rstrip("\n"),
+        "",
+        f"Command: `{command}`. Plan: `docs/plan_equal_footing.md`. Pre-training length: {length}. "
+        f"**{done} of {planned} cells done**" + (" (partial: the figures change as cells finish)." if done < planned
+                                                 else "."),
+        "",
+        "## Paired differences (test DSC; A - B per seed, Student-t 95 % interval over the seeds)",
+        "",
+        paired_markdown(paired) if paired else "(no pair of cells done yet)",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/equal_footing")
@@ -75,10 +105,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--full_fraction_seeds", default="0,1,2", help="seeds at 100 %% ('' for none)")
     parser.add_argument("--dry_run", action="store_true", help="print the plans, run nothing")
+    parser.add_argument("--report_only", action="store_true", help="write <out>/report.md from what is done")
     parser.add_argument("--python", default=sys.executable, help="the interpreter of the bundle runs")
     args = parser.parse_args(argv)
     setup = pretrain_length.FULL
     lengths_from, out = Path(args.lengths_from).resolve(), Path(args.out).resolve()
+    methods = [m for m in args.methods.split(",") if m]
+    parts = [([f for f in args.fractions.split(",") if f], [int(s) for s in args.seeds.split(",") if s])]
+    full_seeds = [int(s) for s in args.full_fraction_seeds.split(",") if s]
+    parts += [(["100"], full_seeds)] if full_seeds else []
+    command = " ".join(["python benchmarks/equal_footing_sweep.py", *(argv if argv is not None else sys.argv[1:])])
+    report_md = out / "report.md"
+    if args.report_only:
+        chosen = out / "length.json"
+        length = json.loads(chosen.read_text())["length"] if chosen.is_file() else "not chosen yet (no length.json)"
+        atomic_write_text(str(report_md), report(out, methods, parts, length, command))
+        print(report_md.read_text(), flush=True)
+        return
     length_seeds = [int(s) for s in args.length_seeds.split(",") if s]
     steps, reason, per_epoch = section2_length(lengths_from, setup, args.lengths, length_seeds)
     if args.steps is not None:
@@ -87,8 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"section 3 cannot start: {reason} (in {lengths_from}); or give --steps.")
     epochs = max(1, round(steps / per_epoch))
     print(f"pre-training length: {reason}; {epochs} epochs of {per_epoch} steps", flush=True)
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    full_seeds = [int(s) for s in args.full_fraction_seeds.split(",") if s]
+    seeds = parts[0][1]
     chosen = out / "length.json"
     if chosen.is_file() and json.loads(chosen.read_text()).get("steps") != epochs * per_epoch:
         raise SystemExit(f"{chosen} records another length ({chosen.read_text().strip()}); use another --out.")
@@ -102,9 +144,17 @@ def main(argv: list[str] | None = None) -> None:
     pretrain_overrides = {**setup["pretrain"], "max_epochs": epochs}
     common = dict(dataset_dir=str(lengths_from / "prepared"), out=str(out), overrides=overrides,
                   pretrain_overrides=pretrain_overrides, dry_run=args.dry_run, python=args.python)  # fmt: skip
-    sweep(str(pretrain_length.BUNDLE), args.fractions, args.methods, ",".join(map(str, seeds)), **common)
-    if full_seeds:
-        sweep(str(pretrain_length.BUNDLE), "100", args.methods, ",".join(map(str, full_seeds)), **common)
+    try:
+        for fractions, part_seeds in parts:
+            sweep(str(pretrain_length.BUNDLE), ",".join(fractions), args.methods, ",".join(map(str, part_seeds)),
+                  **common)  # fmt: skip
+            if not args.dry_run:
+                atomic_write_text(str(report_md), report(out, methods, parts, reason, command))
+    finally:
+        if not args.dry_run and out.is_dir():
+            atomic_write_text(str(report_md), report(out, methods, parts, reason, command))
+    if not args.dry_run:
+        print(report_md.read_text(), flush=True)
 
 
 if __name__ == "__main__":

@@ -158,3 +158,38 @@ def test_section3_driver_reuses_section2_and_plans_the_sweep(tmp_path, capsys):
     with pytest.raises(SystemExit, match="another length"):
         efs.main(args)
     assert "--max_epochs 100" in text and "--learning_rate 0.001" in text
+
+
+def test_section3_report_joins_both_parts_with_their_own_seeds(tmp_path, capsys):
+    """``--report_only``: one table over 2.5 / 10 % (seeds 0-4) and 100 % (seeds 0-2) and the paired differences,
+    each part over its own seeds (a 100 % cell of seed 3 is not the plan's and is left out), with the count of
+    cells done; what is not done is shown as missing, not dropped."""
+    spec = importlib.util.spec_from_file_location("efs", REPO / "benchmarks" / "equal_footing_sweep.py")
+    efs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(efs)
+    out = tmp_path / "sweep"
+    dice = {
+        ("ideal", "2.5", 0): 0.60,
+        ("ideal", "2.5", 1): 0.70,
+        ("cps", "2.5", 0): 0.50,
+        ("cps", "2.5", 1): 0.65,
+        ("ideal", "100", 0): 0.90,
+        ("cps", "100", 0): 0.80,
+        ("ideal", "100", 3): 0.10,
+        ("cps", "100", 3): 0.90,
+    }
+    for (method, fraction, seed), value in dice.items():
+        summary = out / method / f"f{fraction}" / f"seed{seed}" / "eval" / "metrics_summary.json"
+        summary.parent.mkdir(parents=True)
+        metrics = {m: {"mean": v} for m, v in (("dice", value), ("hd95", 5.0), ("asd", 1.0))}
+        summary.write_text(json.dumps({"metrics": metrics, "units": "mm", "hd95_convention": "monai"}))
+    (out / "length.json").write_text(json.dumps({"length": "2700 steps: the rule", "steps": 2700}))
+    efs.main(["--out", str(out), "--methods", "cps,ideal", "--report_only"])
+    text = (out / "report.md").read_text()
+    assert text in capsys.readouterr().out  # printed too
+    assert "Pre-training length: 2700 steps: the rule" in text
+    assert "**6 of 26 cells done** (partial" in text  # 2 methods x (2 fractions x 5 seeds + 1 x 3)
+    rows = {line.split(" | ")[0] + "|" + line.split(" | ")[1]: line for line in text.splitlines() if "% | " in line}
+    assert "| 2/5 | 0.650 ± 0.050 |" in rows["| IDEAL|2.5%"] and "| 0/5 | n/a |" in rows["| IDEAL|10%"]
+    assert "| 1/3 | 0.900 ± 0.000 |" in rows["| IDEAL|100%"]  # seed 3 is not one of the 100 % seeds
+    assert "| 2.5% | ideal - cps | 2 | +0.075 [" in text and "| 100% | ideal - cps | 1 | +0.100 [n/a, n/a] |" in text
