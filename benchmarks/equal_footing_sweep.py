@@ -5,6 +5,9 @@ Run (resumable: a rerun skips every finished step; kill it at any time)::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/equal_footing_sweep.py --out runs/equal_footing \\
         --lengths_from runs/pretrain_length
 
+or, to use two cores, two such processes side by side on disjoint seeds (``--only_seeds 0,2,4`` and
+``--only_seeds 1,3``), then ``--report_only`` for the report of both.
+
 What it does:
 
 1. **the length**: the pre-training length chosen from section 2 by the plan's rule
@@ -104,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fractions", default="2.5,10")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--full_fraction_seeds", default="0,1,2", help="seeds at 100 %% ('' for none)")
+    parser.add_argument("--only_seeds", default=None,
+                        help="run only these of the plan's seeds (processes side by side on disjoint seeds; the report "
+                             "still counts the whole plan)")  # fmt: skip
     parser.add_argument("--dry_run", action="store_true", help="print the plans, run nothing")
     parser.add_argument("--report_only", action="store_true", help="write <out>/report.md from what is done")
     parser.add_argument("--python", default=sys.executable, help="the interpreter of the bundle runs")
@@ -130,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"section 3 cannot start: {reason} (in {lengths_from}); or give --steps.")
     epochs = max(1, round(steps / per_epoch))
     print(f"pre-training length: {reason}; {epochs} epochs of {per_epoch} steps", flush=True)
-    seeds = parts[0][1]
+    only = None if args.only_seeds is None else {int(s) for s in args.only_seeds.split(",") if s}
+    runs = [(f, [s for s in part_seeds if only is None or s in only]) for f, part_seeds in parts]
+    seeds = runs[0][1]
     chosen = out / "length.json"
     if chosen.is_file() and json.loads(chosen.read_text()).get("steps") != epochs * per_epoch:
         raise SystemExit(f"{chosen} records another length ({chosen.read_text().strip()}); use another --out.")
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     common = dict(dataset_dir=str(lengths_from / "prepared"), out=str(out), overrides=overrides,
                   pretrain_overrides=pretrain_overrides, dry_run=args.dry_run, python=args.python)  # fmt: skip
     try:
-        for fractions, part_seeds in parts:
+        for fractions, part_seeds in (run for run in runs if run[1]):
             sweep(str(pretrain_length.BUNDLE), ",".join(fractions), args.methods, ",".join(map(str, part_seeds)),
                   **common)  # fmt: skip
             if not args.dry_run:

@@ -153,6 +153,12 @@ def test_section3_driver_reuses_section2_and_plans_the_sweep(tmp_path, capsys):
     ):
         assert pending in text, pending
     assert "cps/f100/seed3" not in text  # 100 % with seeds 0-2 only
+    efs.main(args + ["--only_seeds", "1,3"])  # one of two processes side by side: its seeds only
+    text_only = capsys.readouterr().out
+    assert "ideal/seed1/pretrain (run)" in text_only and "chaitanya/seed3/pretrain_decoder (run)" in text_only
+    assert "cps/f100/seed1/train (run)" in text_only
+    for other in ("/seed0/", "/seed2/", "/seed4/", "cps/f100/seed3"):
+        assert other not in text_only, other
     # a folder that ran another length is refused before anything is copied into it
     (out / "length.json").write_text(json.dumps({"steps": 2700}))
     with pytest.raises(SystemExit, match="another length"):
