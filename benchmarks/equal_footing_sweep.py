@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pretrain_length  # noqa: E402  (benchmarks/pretrain_length.py: section 2's driver, its settings and helpers)
 
-from ideal_components.experiments.compare import paired_differences, paired_markdown  # noqa: E402
+from ideal_components.experiments.compare import COMPARISONS, paired_differences, paired_markdown  # noqa: E402
 from ideal_components.experiments.results import collect_results, results_markdown  # noqa: E402
 from ideal_components.experiments.sweep import sweep  # noqa: E402
 from ideal_components.utils import atomic_write_text  # noqa: E402
@@ -77,15 +77,17 @@ def report(out: Path, methods: list[str], parts: list[tuple[list[str], list[int]
     fraction with its own seeds) and the paired differences, each part over its own seeds. Partial while cells are
     missing: the table counts the seeds done of those planned, and a difference uses the seeds where both are done."""
     rows, paired = [], []
-    for fractions, seeds in parts:
-        rows += [r for r in collect_results(str(out), methods, fractions, seeds, "acdc") if r["fraction"] in fractions]
-        paired += paired_differences(str(out), fractions, seeds)
+    comparisons = [c for c in COMPARISONS if c[0] in methods and c[1] in methods]
+    for fractions, seeds in parts:  # collect_results adds cells found outside the plan: the report shows the plan's
+        rows += [r for r in collect_results(str(out), methods, fractions, seeds, "acdc")
+                 if r["method"] in methods and r["fraction"] in fractions]  # fmt: skip
+        paired += paired_differences(str(out), fractions, seeds, comparisons=comparisons)
     planned = sum(len(methods) * len(f) * len(s) for f, s in parts)
     done = sum(len(r["seeds_done"]) for r in rows)
     lines = [
         results_markdown(rows, title="The sweep on equal footing (issue #24, section 3)").rstrip("\n"),
         "",
-        f"Command: `{command}`. Plan: `docs/plan_equal_footing.md`. Pre-training length: {length}. "
+        f"Report written by `{command}`. Plan: `docs/plan_equal_footing.md`. Pre-training length: {length}. "
         f"**{done} of {planned} cells done**" + (" (partial: the figures change as cells finish)." if done < planned
                                                  else "."),
         "",
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parts = [([f for f in args.fractions.split(",") if f], [int(s) for s in args.seeds.split(",") if s])]
     full_seeds = [int(s) for s in args.full_fraction_seeds.split(",") if s]
     parts += [(["100"], full_seeds)] if full_seeds else []
+    if full_seeds and "100" in parts[0][0]:
+        raise SystemExit("100 % is in --fractions and in --full_fraction_seeds; give it in one of them.")
     command = " ".join(["python benchmarks/equal_footing_sweep.py", *(argv if argv is not None else sys.argv[1:])])
     report_md = out / "report.md"
     if args.report_only:
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     epochs = max(1, round(steps / per_epoch))
     print(f"pre-training length: {reason}; {epochs} epochs of {per_epoch} steps", flush=True)
     only = None if args.only_seeds is None else {int(s) for s in args.only_seeds.split(",") if s}
+    if only is not None and (not only or not only <= {s for _, part_seeds in parts for s in part_seeds}):
+        raise SystemExit(f"--only_seeds {args.only_seeds!r}: give some of the plan's seeds ({parts}).")
     runs = [(f, [s for s in part_seeds if only is None or s in only]) for f, part_seeds in parts]
     seeds = runs[0][1]
     chosen = out / "length.json"
@@ -152,16 +158,23 @@ def main(argv: list[str] | None = None) -> None:
     pretrain_overrides = {**setup["pretrain"], "max_epochs": epochs}
     common = dict(dataset_dir=str(lengths_from / "prepared"), out=str(out), overrides=overrides,
                   pretrain_overrides=pretrain_overrides, dry_run=args.dry_run, python=args.python)  # fmt: skip
+
+    def write_report() -> None:  # never in the way of the runs, nor of the error that stopped them
+        try:
+            atomic_write_text(str(report_md), report(out, methods, parts, reason, command))
+        except Exception as e:  # a cell being written by the other process, say
+            print(f"warning: {report_md} not written: {type(e).__name__}: {e}", flush=True)
+
     try:
         for fractions, part_seeds in (run for run in runs if run[1]):
             sweep(str(pretrain_length.BUNDLE), ",".join(fractions), args.methods, ",".join(map(str, part_seeds)),
                   **common)  # fmt: skip
             if not args.dry_run:
-                atomic_write_text(str(report_md), report(out, methods, parts, reason, command))
+                write_report()
     finally:
         if not args.dry_run and out.is_dir():
-            atomic_write_text(str(report_md), report(out, methods, parts, reason, command))
-    if not args.dry_run:
+            write_report()
+    if not args.dry_run and report_md.is_file():
         print(report_md.read_text(), flush=True)
 
 

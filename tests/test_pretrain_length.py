@@ -183,6 +183,8 @@ def test_section3_report_joins_both_parts_with_their_own_seeds(tmp_path, capsys)
         ("cps", "100", 0): 0.80,
         ("ideal", "100", 3): 0.10,
         ("cps", "100", 3): 0.90,
+        ("supervised", "2.5", 0): 0.30,  # a method outside the plan (--methods cps,ideal)
+        ("supervised", "100", 3): 0.30,
     }
     for (method, fraction, seed), value in dice.items():
         summary = out / method / f"f{fraction}" / f"seed{seed}" / "eval" / "metrics_summary.json"
@@ -195,7 +197,51 @@ def test_section3_report_joins_both_parts_with_their_own_seeds(tmp_path, capsys)
     assert text in capsys.readouterr().out  # printed too
     assert "Pre-training length: 2700 steps: the rule" in text
     assert "**6 of 26 cells done** (partial" in text  # 2 methods x (2 fractions x 5 seeds + 1 x 3)
-    rows = {line.split(" | ")[0] + "|" + line.split(" | ")[1]: line for line in text.splitlines() if "% | " in line}
+    table = [line for line in text.splitlines() if line.startswith("| ") and "% | " in line and " - " not in line]
+    assert len(table) == 6 and "| Supervised |" not in text and "- supervised |" not in text  # 2 methods x 3 fractions
+    rows = {line.split(" | ")[0] + "|" + line.split(" | ")[1]: line for line in table}
     assert "| 2/5 | 0.650 ± 0.050 |" in rows["| IDEAL|2.5%"] and "| 0/5 | n/a |" in rows["| IDEAL|10%"]
     assert "| 1/3 | 0.900 ± 0.000 |" in rows["| IDEAL|100%"]  # seed 3 is not one of the 100 % seeds
     assert "| 2.5% | ideal - cps | 2 | +0.075 [" in text and "| 100% | ideal - cps | 1 | +0.100 [n/a, n/a] |" in text
+
+
+def test_section3_run_writes_the_report_after_each_part_and_when_stopped(tmp_path, monkeypatch, capsys):
+    """The run path with the sweep stubbed: each part runs with --only_seeds' seeds, the report is written after the
+    first part and again when the second stops; a report that cannot be read does not hide the error that stopped
+    the run; wrong --only_seeds or overlapping parts are refused."""
+    spec = importlib.util.spec_from_file_location("efs", REPO / "benchmarks" / "equal_footing_sweep.py")
+    efs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(efs)
+    section2, out = tmp_path / "length", tmp_path / "sweep"
+    training = [{"id": f"p{i:03d}", "image": f"i{i}.nii.gz", "num_slices": 10} for i in range(15)]
+    (section2 / "prepared").mkdir(parents=True)
+    datalist = {"fractions": ["2.5", "10", "100"], "preparation": {"dataset": "acdc"}, "training": training}
+    (section2 / "prepared" / "datalist.json").write_text(json.dumps(datalist))
+    calls = []
+
+    def fake_sweep(bundle, fractions, methods, seeds, corrupt=False, **kwargs):
+        calls.append((fractions, seeds))
+        for fraction in fractions.split(","):
+            for seed in seeds.split(","):
+                for method in methods.split(","):
+                    summary = out / method / f"f{fraction}" / f"seed{seed}" / "eval" / "metrics_summary.json"
+                    summary.parent.mkdir(parents=True, exist_ok=True)
+                    metrics = {m: {"mean": 0.5} for m in ("dice", "hd95", "asd")}
+                    summary.write_text("{}" if fraction == "100" and seed == "1" else json.dumps({"metrics": metrics}))
+        if fractions == "100":
+            raise RuntimeError("stopped in the second part")
+
+    monkeypatch.setattr(efs, "sweep", fake_sweep)
+    args = ["--out", str(out), "--lengths_from", str(section2), "--steps", "900", "--methods", "cps,ideal"]
+    for bad, message in ((["--only_seeds", "7"], "only_seeds"), (["--fractions", "2.5,100"], "100 % is in")):
+        with pytest.raises(SystemExit, match=message):
+            efs.main(args + bad)
+    assert calls == [] and not out.exists()
+    with pytest.raises(RuntimeError, match="stopped in the second part"):
+        efs.main(args + ["--only_seeds", "0,1"])
+    assert calls == [("2.5,10", "0,1"), ("100", "0,1")]
+    printed = capsys.readouterr().out
+    assert "report.md not written: ValueError" in printed and "corrupt metrics summary" in printed
+    text = (out / "report.md").read_text()  # the one written after the first part
+    assert "**8 of 26 cells done** (partial" in text and "--only_seeds 0,1" in text
+    assert json.loads((out / "length.json").read_text())["steps"] == 900
