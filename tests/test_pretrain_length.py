@@ -21,6 +21,21 @@ def _driver():
     return module
 
 
+def _section3_driver():
+    spec = importlib.util.spec_from_file_location("efs", REPO / "benchmarks" / "equal_footing_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_datalist(prepared: Path) -> None:
+    """A section-2 datalist: 15 training volumes of 10 slices (9 pre-training steps of 16 per epoch)."""
+    training = [{"id": f"p{i:03d}", "image": f"i{i}.nii.gz", "num_slices": 10} for i in range(15)]
+    prepared.mkdir(parents=True)
+    datalist = {"fractions": ["2.5", "10", "100"], "preparation": {"dataset": "acdc"}, "training": training}
+    (prepared / "datalist.json").write_text(json.dumps(datalist))
+
+
 @pytest.mark.slow
 def test_pretrain_length_driver(tmp_path):
     """Snapshots of one continued pre-training at two lengths (the longer one bit-identical to an uninterrupted run
@@ -108,14 +123,9 @@ def test_section3_driver_reuses_section2_and_plans_the_sweep(tmp_path, capsys):
     """``benchmarks/equal_footing_sweep.py``: the length from section 2's probes by the plan's rule, section 2's
     encoders and fine-tuned cells of that length reused (so they are planned as done), the rest planned with the
     same settings; it refuses to start while the rule cannot decide."""
-    spec = importlib.util.spec_from_file_location("efs", REPO / "benchmarks" / "equal_footing_sweep.py")
-    efs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(efs)
+    efs = _section3_driver()
     section2, out = tmp_path / "length", tmp_path / "sweep"
-    training = [{"id": f"p{i:03d}", "image": f"i{i}.nii.gz", "num_slices": 10} for i in range(15)]
-    (section2 / "prepared").mkdir(parents=True)
-    datalist = {"fractions": ["2.5", "10", "100"], "preparation": {"dataset": "acdc"}, "training": training}
-    (section2 / "prepared" / "datalist.json").write_text(json.dumps(datalist))
+    _write_datalist(section2 / "prepared")
     args = ["--out", str(out), "--lengths_from", str(section2), "--dry_run"]
     with pytest.raises(SystemExit, match="not decided"):
         efs.main(args)
@@ -170,9 +180,7 @@ def test_section3_report_joins_both_parts_with_their_own_seeds(tmp_path, capsys)
     """``--report_only``: one table over 2.5 / 10 % (seeds 0-4) and 100 % (seeds 0-2) and the paired differences,
     each part over its own seeds (a 100 % cell of seed 3 is not the plan's and is left out), with the count of
     cells done; what is not done is shown as missing, not dropped."""
-    spec = importlib.util.spec_from_file_location("efs", REPO / "benchmarks" / "equal_footing_sweep.py")
-    efs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(efs)
+    efs = _section3_driver()
     out = tmp_path / "sweep"
     dice = {
         ("ideal", "2.5", 0): 0.60,
@@ -209,17 +217,12 @@ def test_section3_run_writes_the_report_after_each_part_and_when_stopped(tmp_pat
     """The run path with the sweep stubbed: each part runs with --only_seeds' seeds, the report is written after the
     first part and again when the second stops; a report that cannot be read does not hide the error that stopped
     the run; wrong --only_seeds or overlapping parts are refused."""
-    spec = importlib.util.spec_from_file_location("efs", REPO / "benchmarks" / "equal_footing_sweep.py")
-    efs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(efs)
+    efs = _section3_driver()
     section2, out = tmp_path / "length", tmp_path / "sweep"
-    training = [{"id": f"p{i:03d}", "image": f"i{i}.nii.gz", "num_slices": 10} for i in range(15)]
-    (section2 / "prepared").mkdir(parents=True)
-    datalist = {"fractions": ["2.5", "10", "100"], "preparation": {"dataset": "acdc"}, "training": training}
-    (section2 / "prepared" / "datalist.json").write_text(json.dumps(datalist))
+    _write_datalist(section2 / "prepared")
     calls = []
 
-    def fake_sweep(bundle, fractions, methods, seeds, corrupt=False, **kwargs):
+    def fake_sweep(bundle, fractions, methods, seeds, **kwargs):
         calls.append((fractions, seeds))
         for fraction in fractions.split(","):
             for seed in seeds.split(","):
