@@ -171,9 +171,10 @@ def main(argv: list[str] | None = None) -> None:
                   **common)  # fmt: skip
             if not args.dry_run:
                 write_report()
-    finally:
+    except BaseException:  # a stopped run still leaves the report of what it finished
         if not args.dry_run and out.is_dir():
             write_report()
+        raise
     if not args.dry_run and report_md.is_file():
         print(report_md.read_text(), flush=True)
 
