@@ -567,6 +567,34 @@ def test_refuses_other_settings(tmp_path, fake_data, fake_python):
     assert not (out / "cps" / "f100").exists()
 
 
+def test_two_processes_on_disjoint_seeds_share_the_record(tmp_path, fake_data, fake_python, monkeypatch):
+    """Two sweeps on one out (seed 0 and seed 1, as two processes side by side): the second runs from start to end
+    while the first is in its first step; the first's later writes keep the second's steps, and the reverse."""
+    python, calls = fake_python
+    out = tmp_path / "out"
+    kwargs = dict(fractions="10", methods="supervised", dataset_dir=str(fake_data), out=str(out), python=python)
+    module = sys.modules["ideal_components.experiments.sweep"]  # the package's `sweep` is the function
+    run_step, other = module._run_step, []
+
+    def run_step_meanwhile(step):
+        if not other:  # the other process runs its whole plan now, between this one's writes
+            other.append(step.key)
+            sw.sweep(str(BUNDLE), seeds="1", overrides=TINY, **kwargs)
+        return run_step(step)
+
+    monkeypatch.setattr(module, "_run_step", run_step_meanwhile)
+    sw.sweep(str(BUNDLE), seeds="0", overrides=TINY, **kwargs)
+    assert other == ["supervised/f10/seed0/train"] and len(_calls(calls)) == 4
+    record = json.loads((out / "sweep.json").read_text())
+    assert {k: v["status"] for k, v in record["steps"].items()} == {
+        f"supervised/f10/seed{k}/{step}": "done" for k in (0, 1) for step in ("train", "evaluate")
+    }
+    assert (out / "sweep.json.lock").is_file() == (os.name == "posix")
+    sw.sweep(str(BUNDLE), seeds="0", overrides=TINY, overwrite=True, **kwargs)  # overwrite starts afresh
+    assert sorted(json.loads((out / "sweep.json").read_text())["steps"]) == [
+        "supervised/f10/seed0/evaluate", "supervised/f10/seed0/train"]  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # end to end on phantoms: a 2-cell sweep, interrupted after the first cell and resumed
 

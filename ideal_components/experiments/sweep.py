@@ -38,6 +38,10 @@ unfinished evaluation is rerun from the start; ``overwrite=True`` removes every 
 Pre-training is skipped when every cell that needs it is done. ``sweep.json`` records the settings
 (bundle, dataset, overrides); a rerun with other settings is refused unless ``overwrite=True``.
 
+Two processes may share one ``out`` on disjoint cells (say seeds ``0,2,4`` and ``1,3``, one per core): each
+writes ``sweep.json`` by re-reading it under a lock (``sweep.json.lock``, where the platform has ``fcntl``) and
+replacing only the steps of its own plan, so neither erases the other's record.
+
 Command line::
 
     python -m ideal_components sweep --bundle bundles/ideal_acdc --fractions 1.25,2.5,10,100 \\
@@ -48,6 +52,7 @@ Command line::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -55,7 +60,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +102,46 @@ def _load_record(path: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
         raise ValueError(f"{path}: not a sweep record (no 'settings'); use another out or overwrite=True.")
     return record
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if absent) for the ``with`` block; none without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; the re-read in _save_record still keeps the other process's steps
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _save_record(path: Path, record: dict[str, Any], own: Iterable[str]) -> None:
+    """Write ``record`` to ``path`` atomically, keeping what another sweep process on the same folder wrote.
+
+    Under a lock, the steps not in ``own`` (this process's plan) are taken from the file as it is now and
+    ``record["steps"]`` becomes that merge (another process's progress also shows in this one's later writes);
+    the settings were checked equal when both started.
+
+    Args:
+        path: the ``sweep.json`` to write.
+        record: this process's record; its ``"steps"`` is replaced by the merge.
+        own: the keys of the steps this process owns (``SweepStep.key``).
+    """
+    own = set(own)
+    with _locked(path.with_name(path.name + ".lock")):
+        try:
+            current = _load_record(path)
+        except ValueError:  # a corrupt file is replaced by this record, as before
+            current = None
+        if current is not None and isinstance(current.get("steps"), dict):
+            theirs = current["steps"]  # the file's order is kept; this process's steps take its values
+            record["steps"] = {**theirs, **{k: v for k, v in record["steps"].items() if k in own or k not in theirs}}
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -251,7 +296,8 @@ def sweep(
         raise FileNotFoundError(f"{plan.settings['dataset_dir']}: no datalist.json (prepare the dataset first).")
 
     if overwrite:
-        _clear([str(out_dir / m) for m in METHODS] + [str(out_dir / n) for n in (SWEEP_FILE, RESULTS_MD, RESULTS_CSV)])
+        names = (SWEEP_FILE, SWEEP_FILE + ".lock", RESULTS_MD, RESULTS_CSV)
+        _clear([str(out_dir / m) for m in METHODS] + [str(out_dir / n) for n in names])
     out_dir.mkdir(parents=True, exist_ok=True)
     record = record or {"sweep_version": _SWEEP_VERSION, "settings": plan.settings, "created": _now(), "steps": {}}
     record.update(settings=plan.settings, dataset=plan.dataset, python=str(python), updated=_now())
@@ -261,9 +307,11 @@ def sweep(
         status = "done" if s.done else "pending"
         record["steps"][s.key] = _step_record(s, status, **{k: v for k, v in old.items() if k in ("seconds",)})
 
+    own = [s.key for s in plan.steps]
+
     def save() -> None:
         record["updated"] = _now()
-        atomic_write_text(out_dir / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
+        _save_record(out_dir / SWEEP_FILE, record, own)
 
     save()
     pending = plan.pending()
