@@ -12,13 +12,15 @@ A cell of ``python -m ideal_components sweep`` (or ``benchmarks/equal_footing_sw
 For each cell the script rebuilds the network with the cell's own ``monai.bundle run`` command (read from the sweep's
 ``sweep.json``), loads the weights at the end of training (``models/train_checkpoint_epoch=<max_epochs>.pt``, every
 decoder) and the weights the evaluation loads (``models/model.pt``, the ``inference_network``), and reports the mean
-3D Dice over the foreground classes (MONAI's ``compute_dice``; as the evaluation reports it: per volume, then the
-mean over volumes) and the fraction of pixels predicted as foreground, on: the cell's labelled training volumes, the
-left-right flipped labelled volumes (outside the training augmentation: a memorised volume is not recognised
-flipped, a learned heart is), its unlabelled training volumes (their labels are on disk), the validation volumes and
-the test volumes; with BN in eval mode and in training mode (the batch = one volume's slices; the running statistics
-are not touched, which the script checks). The logged best validation Dice of the cell is printed next to the
-evaluated model's validation Dice, as a check that the rebuild matches the run.
+3D Dice over the foreground classes present in the label (MONAI's ``compute_dice``; per volume, then the mean over
+volumes, as the evaluation averages; unlike the evaluation, which scores a class absent from both the label and the
+prediction as 1, a class absent from the label is left out) and the fraction of pixels predicted as foreground, on:
+the cell's labelled training volumes, the labelled volumes flipped along the last in-plane axis (outside the
+training augmentation: a memorised volume is not recognised flipped, a learned heart is), its unlabelled training
+volumes (their labels are on disk), the validation volumes and the test volumes; with BN in eval mode and in
+training mode (the batch = one volume's slices; the running statistics are not touched, which the script checks).
+The logged best validation Dice of the cell is printed next to the evaluated model's validation Dice, as a check
+that the rebuild matches the run.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/diagnose_collapse.py --out runs/equal_footing --cells ideal/f10/seed4
 cps/f10/seed0 [...]`` (about 1-2 minutes per cell on one CPU thread). Appends a section to
@@ -90,8 +92,8 @@ def load_volumes(dataset_dir: Path, items: list[dict]) -> list[tuple[torch.Tenso
 
 
 def volume_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> float:
-    """Mean Dice over the foreground classes present in the label (a class predicted but absent is ignored, one
-    absent from the prediction but present counts 0), as the evaluation computes it."""
+    """Mean Dice over the foreground classes present in the label (a class absent from the label is left out, whether
+    predicted or not; one present in the label but not predicted counts 0)."""
     p = one_hot(pred[None, None], num_classes)
     y = one_hot(label[None, None], num_classes)
     return float(torch.nanmean(compute_dice(p, y, include_background=False, ignore_empty=True)))
@@ -102,7 +104,8 @@ def score(decoders: dict[str, Any], network: torch.nn.Module, volumes: list, bn:
     """Per decoder: mean volume Dice and the fraction of pixels predicted as foreground. ``bn="train"`` normalises
     with each volume's batch statistics; the running statistics are left untouched (momentum 0, checked)."""
     bns = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = {id(m): (m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in bns}
+    saved = {id(m): (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in bns}  # fmt: skip
     network.eval()
     if bn == "train":
         for m in bns:
@@ -119,8 +122,9 @@ def score(decoders: dict[str, Any], network: torch.nn.Module, volumes: list, bn:
             result[name] = {"dice": statistics.mean(dice), "predicted_foreground": statistics.mean(foreground)}
     finally:
         for m in bns:
-            momentum, mean, var = saved[id(m)]
+            momentum, mean, var, count = saved[id(m)]
             m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
             if not (torch.equal(mean, m.running_mean) and torch.equal(var, m.running_var)):
                 raise RuntimeError("the BN running statistics changed during scoring")
         network.eval()
