@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= $(shell sed -n 's/^torch==//p' constraints.txt)
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-quick lint format demo bench clean
+.PHONY: install test test-quick lint format demo clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
