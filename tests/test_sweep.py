@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from ideal_components import experiments as sw
 from ideal_components.evaluation.metrics import METRIC_NAMES, aggregate
+from ideal_components.experiments.sweep import bundle_configs_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "ideal_acdc"
@@ -565,6 +567,43 @@ def test_refuses_other_settings(tmp_path, fake_data, fake_python):
     assert record["settings"]["overrides"]["backbone"] == "resnet18"
     assert "--resume False" in record["steps"]["cps/f10/seed0/train"]["command_line"]
     assert not (out / "cps" / "f100").exists()
+
+
+def test_a_moved_bundle_with_the_same_configs_resumes(tmp_path, fake_data, fake_python, capsys):
+    """A copy of the bundle at another path (another checkout) resumes the sweep when its configs are the same
+    bytes, for records that keep the configs' digest and for older ones that do not (the old path still there); a
+    copy with one config changed, or an old record whose bundle path is gone, is refused."""
+    python, calls = fake_python
+    out = tmp_path / "out"
+    kwargs = dict(fractions="10", methods="cps", dataset_dir=str(fake_data), out=str(out), python=python)
+    sw.sweep(str(BUNDLE), overrides=TINY, seeds=0, **kwargs)
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["bundle_configs_sha256"] == bundle_configs_sha256(BUNDLE)
+    moved = tmp_path / "checkout2" / "ideal_acdc"
+    shutil.copytree(BUNDLE / "configs", moved / "configs")
+    n = len(_calls(calls))
+    sw.sweep(str(moved), overrides=TINY, seeds="0,1", **kwargs)
+    assert "the bundle moved from" in capsys.readouterr().out
+    ran = _calls(calls)[n:]
+    assert [c["root"] for c in ran] == [str(out / "cps" / "f10" / "seed1")] * 2, "seed 0 is done, only seed 1 runs"
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["settings"]["bundle"] == str(moved.resolve())
+    assert str(moved.resolve()) in record["steps"]["cps/f10/seed1/train"]["command_line"]
+    # an older record (no digest): compared with the configs at its bundle path, which are still there
+    del record["bundle_configs_sha256"]
+    record["settings"]["bundle"] = str(BUNDLE)
+    (out / "sweep.json").write_text(json.dumps(record))
+    sw.sweep(str(moved), overrides=TINY, seeds="0,1", dry_run=True, **kwargs)
+    # one config changed: another setting
+    train = moved / "configs" / "train.json"
+    train.write_text(train.read_text().replace('"max_epochs"', '"max_epochs" ', 1))
+    with pytest.raises(ValueError, match="other settings.*bundle"):
+        sw.sweep(str(moved), overrides=TINY, seeds="0,1", dry_run=True, **kwargs)
+    # an older record whose bundle path is gone cannot be compared: refused
+    record["settings"]["bundle"] = str(tmp_path / "gone")
+    (out / "sweep.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="other settings.*bundle"):
+        sw.sweep(str(BUNDLE), overrides=TINY, seeds="0,1", dry_run=True, **kwargs)
 
 
 def test_two_processes_on_disjoint_seeds_share_the_record(tmp_path, fake_data, fake_python, monkeypatch):

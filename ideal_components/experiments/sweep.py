@@ -36,7 +36,9 @@ step ends). A rerun skips the done steps; an unfinished pre-training or fine-tun
 epoch checkpoint (the bundles' ``--resume True``, which ends with the same weights as an uninterrupted run), an
 unfinished evaluation is rerun from the start; ``overwrite=True`` removes every output and starts afresh.
 Pre-training is skipped when every cell that needs it is done. ``sweep.json`` records the settings
-(bundle, dataset, overrides); a rerun with other settings is refused unless ``overwrite=True``.
+(bundle, dataset, overrides); a rerun with other settings is refused unless ``overwrite=True``. A bundle folder
+that moved (another checkout, another mount point) is no other setting when its ``configs/`` files are the same:
+``sweep.json`` keeps their SHA-256 (``bundle_configs_sha256``), and a rerun from the new path resumes.
 
 Two processes may share one ``out`` on disjoint cells (say seeds ``0,2,4`` and ``1,3``, one per core): each
 writes ``sweep.json`` by re-reading it under a lock (``sweep.json.lock``, where the platform has ``fcntl``) and
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -82,7 +85,7 @@ from .plan import (
 )
 from .results import write_results
 
-__all__ = ["sweep"]
+__all__ = ["sweep", "bundle_configs_sha256"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,6 +145,39 @@ def _save_record(path: Path, record: dict[str, Any], own: Iterable[str]) -> None
             theirs = current["steps"]  # the file's order is kept; this process's steps take its values
             record["steps"] = {**theirs, **{k: v for k, v in record["steps"].items() if k in own or k not in theirs}}
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def bundle_configs_sha256(bundle: str | os.PathLike) -> str | None:
+    """SHA-256 over the files of a bundle's ``configs/`` folder (each file's name and bytes, in name order); ``None``
+    when the folder is absent.
+
+    Example:
+        >>> bundle_configs_sha256("bundles/ideal_acdc")  # doctest: +SKIP
+        '3f1c...'
+    """
+    configs = Path(bundle) / "configs"
+    if not configs.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted((p for p in configs.iterdir() if p.is_file()), key=lambda p: p.name):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _same_configs(record: Mapping[str, Any], configs_sha256: str | None) -> bool:
+    """Whether the record's bundle had the configs ``configs_sha256``: by the digest the record keeps, or, for a
+    record written before it kept one, by the configs still at the record's bundle path."""
+    if configs_sha256 is None:
+        return False
+    recorded = record.get("bundle_configs_sha256") or bundle_configs_sha256(record["settings"].get("bundle") or "")
+    return recorded == configs_sha256
+
+
+def _only_the_bundle_moved(record: Mapping[str, Any], settings: Mapping[str, Any], configs_sha256: str | None) -> bool:
+    """Whether the only setting that differs is the bundle's path, and its configs are the record's."""
+    old = record["settings"]
+    changed = {k for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
+    return changed == {"bundle"} and _same_configs(record, configs_sha256)
 
 
 def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -279,8 +315,13 @@ def sweep(
     )
     out_dir = Path(plan.out)
     record = None if overwrite else _load_record(out_dir / SWEEP_FILE)
+    configs_sha256 = bundle_configs_sha256(plan.settings["bundle"])
     if record is not None:
         diff = _settings_diff(record["settings"], plan.settings)
+        if _only_the_bundle_moved(record, plan.settings, configs_sha256):
+            print(f"{out_dir / SWEEP_FILE}: the bundle moved from {record['settings'].get('bundle')} to "
+                  f"{plan.settings['bundle']}, its configs unchanged: resuming", flush=True)  # fmt: skip
+            diff = []
         if diff:
             raise ValueError(
                 f"{out_dir / SWEEP_FILE} was made with other settings ({'; '.join(diff)}); resume with the same "
@@ -301,6 +342,7 @@ def sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     record = record or {"sweep_version": _SWEEP_VERSION, "settings": plan.settings, "created": _now(), "steps": {}}
     record.update(settings=plan.settings, dataset=plan.dataset, python=str(python), updated=_now())
+    record["bundle_configs_sha256"] = configs_sha256
     record["last_run"] = {"methods": plan.methods, "fractions": plan.fractions, "seeds": plan.seeds}
     for s in plan.steps:
         old = record["steps"].get(s.key, {})
