@@ -37,6 +37,7 @@ import re
 import shlex
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from monai.networks.utils import one_hot
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ideal_components.experiments.results import _cell_metrics  # noqa: E402  (the sweep's own reader)
 from ideal_components.utils import atomic_write_text  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "collapse_diagnosis.md"
@@ -100,9 +102,11 @@ def volume_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> fl
 
 
 @torch.no_grad()
-def score(decoders: dict[str, Any], network: torch.nn.Module, volumes: list, bn: str, num_classes: int) -> dict:
-    """Per decoder: mean volume Dice and the fraction of pixels predicted as foreground. ``bn="train"`` normalises
-    with each volume's batch statistics; the running statistics are left untouched (momentum 0, checked)."""
+def score(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], network: torch.nn.Module, volumes: list,
+          bn: str, num_classes: int) -> dict:  # fmt: skip
+    """Per decoder (``forward(x)`` gives each decoder's logits by name, from one forward): mean volume Dice and the
+    fraction of pixels predicted as foreground. ``bn="train"`` normalises with each volume's batch statistics; the
+    running statistics are left untouched (momentum 0, checked)."""
     bns = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = {id(m): (m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
              for m in bns}  # fmt: skip
@@ -111,15 +115,14 @@ def score(decoders: dict[str, Any], network: torch.nn.Module, volumes: list, bn:
         for m in bns:
             m.train()
             m.momentum = 0.0
-    result = {}
+    dice: dict[str, list[float]] = {}
+    foreground: dict[str, list[float]] = {}
     try:
-        for name, forward in decoders.items():
-            dice, foreground = [], []
-            for x, y in volumes:
-                pred = forward(x).argmax(1)
-                dice.append(volume_dice(pred, y, num_classes))
-                foreground.append(float((pred > 0).float().mean()))
-            result[name] = {"dice": statistics.mean(dice), "predicted_foreground": statistics.mean(foreground)}
+        for x, y in volumes:
+            for name, logits in forward(x).items():
+                pred = logits.argmax(1)
+                dice.setdefault(name, []).append(volume_dice(pred, y, num_classes))
+                foreground.setdefault(name, []).append(float((pred > 0).float().mean()))
     finally:
         for m in bns:
             momentum, mean, var, count = saved[id(m)]
@@ -128,7 +131,7 @@ def score(decoders: dict[str, Any], network: torch.nn.Module, volumes: list, bn:
             if not (torch.equal(mean, m.running_mean) and torch.equal(var, m.running_var)):
                 raise RuntimeError("the BN running statistics changed during scoring")
         network.eval()
-    return result
+    return {n: {"dice": statistics.mean(dice[n]), "predicted_foreground": statistics.mean(foreground[n])} for n in dice}
 
 
 def diagnose(out: Path, cell: str) -> dict:
@@ -155,26 +158,22 @@ def diagnose(out: Path, cell: str) -> dict:
             raise SystemExit(f"{path}: missing (has the cell finished training?)")
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(final, map_location="cpu", weights_only=False)["network"], strict=True)
-    if hasattr(network, "forward_both"):  # two decoders: score each
-        decoders = {"final, decoder A": lambda x: network.forward_both(x)[0],
-                    "final, decoder B": lambda x: network.forward_both(x)[1]}  # fmt: skip
-    else:
-        decoders = {"final": network}
-    inference = network.branch_a if hasattr(network, "forward_both") else network  # the bundles' inference_network
-    final_inference = {k: v.clone() for k, v in inference.state_dict().items()}
     figures: dict[str, Any] = {"cell": cell, "fraction_key": key, "rows": {}}
-    for bn in ("eval", "train"):
-        for subset, vols in volumes.items():
-            if vols:
-                for name, fig in score(decoders, network, vols, bn, num_classes).items():
-                    figures["rows"].setdefault(f"{name} | BN {bn}", {})[subset] = fig
+
+    def add_rows(forward: Callable[[torch.Tensor], dict[str, torch.Tensor]], net: torch.nn.Module) -> None:
+        for bn in ("eval", "train"):
+            for subset, vols in volumes.items():
+                if vols:
+                    for name, fig in score(forward, net, vols, bn, num_classes).items():
+                        figures["rows"].setdefault(f"{name} | BN {bn}", {})[subset] = fig
+
+    if hasattr(network, "forward_both"):  # two decoders, both from one forward
+        add_rows(lambda x: dict(zip(("final, decoder A", "final, decoder B"), network.forward_both(x))), network)
+    else:
+        add_rows(lambda x: {"final": network(x)}, network)
+    inference = network.branch_a if hasattr(network, "forward_both") else network  # the bundles' inference_network
     inference.load_state_dict(torch.load(evaluated, map_location="cpu", weights_only=False), strict=True)
-    for bn in ("eval", "train"):
-        for subset, vols in volumes.items():
-            if vols:
-                fig = score({"evaluated": inference}, inference, vols, bn, num_classes)["evaluated"]
-                figures["rows"].setdefault(f"evaluated (model.pt) | BN {bn}", {})[subset] = fig
-    inference.load_state_dict(final_inference)
+    add_rows(lambda x: {"evaluated (model.pt)": inference(x)}, inference)
     logged = [float(v) for v in _VAL_DICE.findall((cell_dir / "train.log").read_text(errors="replace"))]
     figures["logged_validation_dice"] = logged
     figures["test_dice_of_the_evaluation"] = _evaluation_dice(cell_dir)
@@ -184,9 +183,7 @@ def diagnose(out: Path, cell: str) -> dict:
 
 def _evaluation_dice(cell_dir: Path) -> float | None:
     summary = cell_dir / "eval" / "metrics_summary.json"
-    if not summary.is_file():
-        return None
-    return float(json.loads(summary.read_text())["metrics"]["dice"]["mean"])
+    return _cell_metrics(summary)["dice"] if summary.is_file() else None
 
 
 def markdown(figures: dict) -> list[str]:

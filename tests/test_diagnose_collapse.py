@@ -103,7 +103,7 @@ def test_single_network_cell_and_untouched_running_statistics(cells):
     x = torch.randn(2, 1, 64, 64)
     label = torch.zeros(2, 64, 64, dtype=torch.long)
     count = bn.num_batches_tracked.clone()
-    module.score({"net": network}, network, [(x, label)], "train", 4)
+    module.score(lambda x: {"net": network(x)}, network, [(x, label)], "train", 4)
     assert torch.equal(before, bn.running_mean) and bn.momentum != 0.0 and torch.equal(count, bn.num_batches_tracked)
 
 
@@ -112,7 +112,7 @@ def test_bn_train_mode_normalises_with_the_batch_statistics():
     pixel is foreground; with the batch's own statistics about half of them."""
     module = _module()
     bn = torch.nn.BatchNorm2d(1)
-    decoder = {"bn": lambda x: torch.cat([torch.zeros_like(x), bn(x)], 1)}
+    decoder = lambda x: {"bn": torch.cat([torch.zeros_like(x), bn(x)], 1)}  # noqa: E731
     x = 5.0 + torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     label = torch.ones(3, 16, 16, dtype=torch.long)
     assert module.score(decoder, bn, [(x, label)], "eval", 2)["bn"]["predicted_foreground"] == 1.0
